@@ -1,0 +1,167 @@
+"""Build models from yaml configs and load checkpoints safely.
+
+Checkpoints are read with ``safetensors`` or ``torch.load(weights_only=True)``: no pickled code runs.
+``load_checkpoint`` tolerates the layout drifts of real files (listed in ``KNOWN_DRIFTS``), says what it
+tolerated, and refuses a file of the wrong family with one message naming the file and the keys.
+"""
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+from omegaconf import OmegaConf
+
+from ldm.util import instantiate_from_config
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def create_model(config_path: str, device: Optional[str] = None, **overrides) -> torch.nn.Module:
+    """Instantiate ``config.model`` from a yaml file; ``overrides`` replace its ``params``.
+
+    ``device='meta'`` builds shapes only (for key checks); weights are random-initialised otherwise.
+    """
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"config file not found: {config_path}")
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    if "model" not in config:
+        raise ValueError(f"{config_path}: expected a top-level 'model:' section")
+    with torch.device(device or "cpu"):
+        model = instantiate_from_config(config["model"], **overrides)
+    log.info("built %s from %s", type(model).__name__, config_path)
+    return model
+
+
+def load_state_dict(path: str, location: str = "cpu") -> Dict[str, torch.Tensor]:
+    """Read a ``.safetensors``/``.ckpt``/``.pth`` file into a flat state dict (unwrapping ``state_dict``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path, device=str(location))
+        else:
+            sd = torch.load(path, map_location=location, weights_only=True)
+    except Exception as e:  # corrupt, truncated or pickled-code files all end here
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    while isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    log.info("loaded state_dict from [%s]", path)
+    return sd
+
+
+def save_state_dict(sd: Dict[str, torch.Tensor], path: str) -> None:
+    """Write ``sd`` atomically (temporary file + rename), format by extension; never overwrites."""
+    if os.path.exists(path):
+        raise FileExistsError(f"output file already exists: {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in sd.items()}, tmp)
+        else:
+            torch.save(sd, tmp)
+        os.link(tmp, path)  # fails if `path` appeared meanwhile, unlike rename
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# Keys that real files may have or lack without anything being wrong (see shared manifests README).
+SCHEDULE_KEYS = re.compile(r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|"
+                           r"sqrt_one_minus_alphas_cumprod|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|"
+                           r"sqrt_recipm1_alphas_cumprod|posterior_variance|posterior_log_variance_clipped|"
+                           r"posterior_mean_coef1|posterior_mean_coef2|logvar)$")
+KNOWN_DRIFTS = {
+    "position_ids": re.compile(r"(^|\.)position_ids$"),  # written by transformers < 4.31 only
+    "schedule buffers": SCHEDULE_KEYS,  # recomputed from the config; dropped by many SD files
+    "EMA weights": re.compile(r"^model_ema\."),  # present in v1-5-pruned.ckpt; used only with use_ema
+}
+
+
+@dataclass
+class LoadReport:
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    tolerated: Dict[str, List[str]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{len(keys)} {what}" for what, keys in self.tolerated.items() if keys]
+        return "tolerated " + "; ".join(parts) if parts else "exact match"
+
+
+def _family(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "Stable Diffusion 2.x (OpenCLIP text encoder, use models/cldm_v21.yaml)"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "Stable Diffusion 1.x (CLIP text encoder, use models/cldm_v15.yaml)"
+    if any("lora" in k.lower() for k in keys[:50]):
+        return "a LoRA (not a full checkpoint)"
+    if keys and not any(k.startswith(("model.diffusion_model.", "control_model.")) for k in keys):
+        return "not a Stable Diffusion / ControlNet checkpoint"
+    return "unknown"
+
+
+def _examples(keys: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_checkpoint(model: torch.nn.Module, sd_or_path, allow_missing: Sequence[str] = (),
+                    source: Optional[str] = None) -> LoadReport:
+    """Load a state dict (or a file) into ``model``, strictly but for ``KNOWN_DRIFTS`` and the key
+    prefixes in ``allow_missing`` (e.g. ``('control_model.',)`` to start a ControlNet from an SD file).
+
+    Raises ``CheckpointError`` naming the file, the likely family of the file and the mismatched keys.
+    """
+    source = source or (sd_or_path if isinstance(sd_or_path, str) else "<state dict>")
+    sd = load_state_dict(sd_or_path) if isinstance(sd_or_path, str) else dict(sd_or_path)
+    own = model.state_dict()
+    report = LoadReport()
+
+    def drift(key: str) -> Optional[str]:
+        return next((name for name, pattern in KNOWN_DRIFTS.items() if pattern.search(key)), None)
+
+    for key in [k for k in sd if k not in own]:
+        name = drift(key)
+        if name is not None:
+            report.tolerated.setdefault(f"{name} in the file, unused", []).append(key)
+            del sd[key]
+        else:
+            report.unexpected.append(key)
+    for key in [k for k in own if k not in sd]:
+        name = drift(key)
+        if name is not None:
+            report.tolerated.setdefault(f"{name} absent from the file, kept from the config", []).append(key)
+        elif not key.startswith(tuple(allow_missing)):
+            report.missing.append(key)
+    mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
+                  for k in sd if k in own and sd[k].shape != own[k].shape]
+    if report.missing or report.unexpected or mismatched:
+        lines = [f"checkpoint {source} does not fit {type(model).__name__}; the file looks like: {_family(sd)}"]
+        if mismatched:
+            lines.append(f"  {len(mismatched)} keys with other shapes: {_examples(mismatched, 3)}")
+        if report.missing:
+            lines.append(f"  {len(report.missing)} keys missing from the file: {_examples(report.missing)}")
+        if report.unexpected:
+            lines.append(f"  {len(report.unexpected)} unexpected keys in the file: {_examples(report.unexpected)}")
+        raise CheckpointError("\n".join(lines))
+    sd = {k: v for k, v in sd.items() if k in own}
+    model.load_state_dict(sd, strict=False)
+    allowed_absent = [k for k in own if k not in sd and k.startswith(tuple(allow_missing))]
+    report.missing = allowed_absent
+    if allowed_absent:
+        log.info("%s: %d keys left at their initial values (%s...)", source, len(allowed_absent), allowed_absent[0])
+    log.info("%s: %s", source, report.summary())
+    return report

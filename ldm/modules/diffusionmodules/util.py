@@ -1,0 +1,57 @@
+"""Building blocks shared by the UNet, the ControlNet and the diffusion schedule."""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
+
+
+def linear_beta_schedule(n_timestep: int, linear_start: float, linear_end: float) -> np.ndarray:
+    """Stable Diffusion's "linear" schedule: linear in sqrt(beta), computed in float64 as upstream."""
+    return np.linspace(linear_start**0.5, linear_end**0.5, n_timestep, dtype=np.float64) ** 2
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding (b,) -> (b, dim), cosines first then sines (the GLIDE/LDM convention)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` in place and return it (the paper's zero convolutions)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm evaluated in float32 whatever the activation dtype (fp16 statistics overflow)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def normalization(channels: int) -> nn.Module:
+    return GroupNorm32(32, channels)
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    if dims != 2:
+        raise ValueError(f"only 2-D convolutions are used by Stable Diffusion, got dims={dims}")
+    return nn.Conv2d(*args, **kwargs)
+
+
+def maybe_checkpoint(fn, *args, enabled: bool):
+    """Gradient checkpointing when enabled and a graph is being recorded; a plain call otherwise."""
+    if enabled and torch.is_grad_enabled():
+        return _torch_checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
