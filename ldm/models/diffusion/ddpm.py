@@ -113,8 +113,7 @@ class LatentDiffusion(pl.LightningModule):
             "posterior_mean_coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
             "posterior_mean_coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         }
-        device = getattr(self, "betas", torch.empty(0)).device
-        device = torch.device("cpu") if device.type == "meta" else device
+        device = self.betas.device if hasattr(self, "betas") else None  # None: the default (maybe meta) device
         for name in SCHEDULE_BUFFERS:
             self.register_buffer(name, torch.tensor(values[name], dtype=torch.float32, device=device))
         # Variational-bound weights (never in a checkpoint), eps parameterisation as upstream.
@@ -123,7 +122,7 @@ class LatentDiffusion(pl.LightningModule):
         self.register_buffer("lvlb_weights", torch.tensor(lvlb, dtype=torch.float32, device=device), persistent=False)
         # Sampler's copy: float64 of the float32 values, so DDIM sees upstream's numbers whatever the
         # dtype the module is later cast to.
-        self.alphas_cumprod_np = self.alphas_cumprod.cpu().double().numpy()
+        self.alphas_cumprod_np = ac.astype(np.float32).astype(np.float64)
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""

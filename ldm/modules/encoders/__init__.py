@@ -1,0 +1,1 @@
+"""Text encoders (conditioning) of Stable Diffusion: see `modules.py`."""

@@ -1,0 +1,46 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TINY_CLDM = str(ROOT / "tests" / "configs" / "cldm_tiny.yaml")
+TINY_LDM = str(ROOT / "tests" / "configs" / "ldm_tiny.yaml")
+
+
+def build_tiny(config: str = TINY_CLDM, seed: int = 0, **overrides):
+    """A tiny model of the real classes with random (seeded) weights, in eval mode."""
+    from cldm.model import create_model
+
+    torch.manual_seed(seed)
+    return create_model(config, **overrides).eval()
+
+
+def randomize_zero_convs(model, seed: int = 1, std: float = 0.05):
+    """Give every all-zero parameter of ``model`` random values: on a ControlLDM the zero convs (so the
+    control has an effect) and the UNet's zero-initialised layers (as in a pretrained UNet)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture
+def tiny_cldm():
+    return build_tiny()
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not SHARED.is_dir():
+        pytest.skip("../shared (manifests, test images) is not beside the project")
+    return SHARED

@@ -1,0 +1,63 @@
+"""The configs in models/ build exactly the layouts of the released checkpoints (shared/manifests)."""
+import json
+
+import pytest
+import torch
+
+from cldm.model import CheckpointError, create_model, load_checkpoint
+
+
+def manifest(shared_dir, name):
+    return json.loads((shared_dir / "manifests" / f"{name}.json").read_text())
+
+
+def meta_state_dict(shapes):
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+
+
+@pytest.fixture(scope="module")
+def meta_models():
+    return {name: create_model(f"models/{name}.yaml", device="meta") for name in ("cldm_v15", "cldm_v21")}
+
+
+@pytest.mark.parametrize("name", ["cldm_v15", "cldm_v21"])
+def test_config_matches_manifest_exactly(meta_models, shared_dir, name):
+    ours = {k: list(v.shape) for k, v in meta_models[name].state_dict().items()}
+    assert ours == manifest(shared_dir, name)
+
+
+@pytest.mark.parametrize("position_ids", [True, False])
+@pytest.mark.parametrize("logvar", [True, False])
+def test_sd15_file_loads_with_only_control_missing(meta_models, shared_dir, position_ids, logvar):
+    shapes = manifest(shared_dir, "sd15_ldm") | manifest(shared_dir, "sd15_ldm_ema_extra")
+    if not position_ids:
+        shapes.pop("cond_stage_model.transformer.text_model.embeddings.position_ids")
+    if not logvar:
+        shapes.pop("logvar")
+    report = load_checkpoint(meta_models["cldm_v15"], meta_state_dict(shapes), allow_missing=("control_model.",))
+    assert report.missing and all(k.startswith("control_model.") for k in report.missing)
+    assert len(report.missing) == 340
+    assert not report.unexpected
+    assert len(report.tolerated["EMA weights in the file, unused"]) == 688
+
+
+def test_community_file_without_schedule_buffers_loads(meta_models, shared_dir):
+    shapes = {k: v for k, v in manifest(shared_dir, "cldm_v15").items() if "." in k}  # top-level buffers dropped
+    report = load_checkpoint(meta_models["cldm_v15"], meta_state_dict(shapes))
+    assert len(report.tolerated["schedule buffers absent from the file, kept from the config"]) == 13
+
+
+def test_sd2_file_into_v15_is_refused_with_keys(meta_models, shared_dir):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(meta_models["cldm_v15"], meta_state_dict(manifest(shared_dir, "cldm_v21")), source="v21.ckpt")
+    msg = str(err.value)
+    assert "v21.ckpt" in msg and "Stable Diffusion 2.x" in msg
+    assert "other shapes" in msg and "attn2.to_k.weight" in msg
+    assert "missing from the file" in msg and "unexpected keys" in msg
+
+
+def test_lora_is_refused(meta_models):
+    lora = {f"lora_unet_down_blocks_0_attentions_0_proj_in.lora_{ud}.weight": torch.empty(4, 320, device="meta")
+            for ud in ("up", "down")}
+    with pytest.raises(CheckpointError, match="LoRA"):
+        load_checkpoint(meta_models["cldm_v15"], lora, source="style.safetensors")
