@@ -19,11 +19,13 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
     """Upstream's "uniform" spacing ``range(0, T, T // S) + 1`` (so S=20 gives 1, 51, ..., 951).
 
-    Like upstream, an S that does not divide T yields a few more steps (S=30 gives 31).
+    Like upstream, an S that does not divide T yields a few more steps (S=30 gives 31). Where the +1
+    pushes the last one to T (S=3: 999 + 1), upstream crashes; we drop that step.
     """
-    if not 1 <= num_steps <= num_train_timesteps // 2:
-        raise ValueError(f"DDIM steps must be between 1 and {num_train_timesteps // 2}, got {num_steps}")
-    return np.arange(0, num_train_timesteps, num_train_timesteps // num_steps) + 1
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"DDIM steps must be between 1 and {num_train_timesteps}, got {num_steps}")
+    steps = np.arange(0, num_train_timesteps, num_train_timesteps // num_steps) + 1
+    return steps[steps < num_train_timesteps]
 
 
 @dataclass(frozen=True)
