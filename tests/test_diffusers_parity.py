@@ -12,9 +12,7 @@ from tests.conftest import TINY_CLDM, build_tiny, randomize_zero_convs
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders import single_file_utils as sfu  # noqa: E402
 
-CONTROLNET_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
-                   "attention_head_dim", "use_linear_projection", "class_embed_type", "addition_embed_type",
-                   "addition_time_embed_dim", "projection_class_embeddings_input_dim", "transformer_layers_per_block")
+from bench.diffusers_twin import diffusers_twin  # noqa: E402
 
 
 def rel_err(a, b):
@@ -27,17 +25,10 @@ def converted():
     model = randomize_zero_convs(build_tiny())
     sd = model.state_dict()
     original = yaml.safe_load(open(TINY_CLDM))
+    unet, controlnet = diffusers_twin(TINY_CLDM, sd, latent_size=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        unet_cfg = sfu.create_unet_diffusers_config_from_ldm(original, sd, image_size=8)
         vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, sd, image_size=64)
-    # diffusers 0.42's create_controlnet_diffusers_config_from_ldm is broken: build it from the UNet's.
-    cn_cfg = {k: unet_cfg[k] for k in CONTROLNET_KEYS if k in unet_cfg}
-    cn_cfg["conditioning_channels"] = original["model"]["params"]["control_stage_config"]["params"]["hint_channels"]
-    unet = diffusers.UNet2DConditionModel(**unet_cfg)
-    unet.load_state_dict(sfu.convert_ldm_unet_checkpoint(sd, unet_cfg), strict=True)
-    controlnet = diffusers.ControlNetModel(**cn_cfg)
-    controlnet.load_state_dict(sfu.convert_controlnet_checkpoint(sd, cn_cfg), strict=True)
     vae = diffusers.AutoencoderKL(**vae_cfg)
     vae.load_state_dict(sfu.convert_ldm_vae_checkpoint(sd, vae_cfg), strict=True)
     return model, unet.eval(), controlnet.eval(), vae.eval()

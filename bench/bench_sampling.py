@@ -1,0 +1,104 @@
+"""One classifier-free-guided ControlNet denoising step: ours vs diffusers, same weights.
+
+Builds the SD1.5 + ControlNet architecture (models/cldm_v15.yaml) with random weights, converts them
+into diffusers' UNet2DConditionModel + ControlNetModel, then times one CFG step (the cond and uncond
+rows of one image as one batch of 2) for both, interleaved, in one process. Peak memory (max RSS) is
+measured in a fresh process per implementation.
+
+    python -m bench.bench_sampling                 # full size: ~10 GB RAM, minutes on 2 cores
+    python -m bench.bench_sampling --config tests/configs/cldm_tiny.yaml --size 64   # smoke run
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from bench.diffusers_twin import diffusers_twin
+from cldm.cldm import control_scales
+from cldm.model import create_model
+
+
+def build(config: str, size: int, which: str):
+    torch.manual_seed(0)
+    model = create_model(config).eval()
+    latent = size // 8
+    g = torch.Generator().manual_seed(0)
+    ctx_dim = model.model.diffusion_model.spec.context_dim
+    inputs = dict(x=torch.randn(1, 4, latent, latent, generator=g), t=torch.tensor([501]),
+                  hint=torch.rand(1, 3, size, size, generator=g), cond=torch.randn(1, 77, ctx_dim, generator=g),
+                  uncond=torch.randn(1, 77, ctx_dim, generator=g))
+    steps = {}
+    if which in ("both", "ours"):
+        eps_fn = model.guided_eps_fn({"c_crossattn": [inputs["cond"]], "c_concat": [inputs["hint"]]},
+                                     {"c_crossattn": [inputs["uncond"]], "c_concat": [inputs["hint"]]},
+                                     guidance_scale=9.0, control_scales=control_scales(1.0))
+        steps["ours"] = lambda: eps_fn(inputs["x"], inputs["t"], 0.0)
+    if which in ("both", "diffusers"):
+        unet, controlnet = diffusers_twin(config, model.state_dict(), latent)
+        steps["diffusers"] = lambda: diffusers_step(unet, controlnet, inputs, 9.0)
+    if which == "diffusers":
+        del model
+    return steps
+
+
+def diffusers_step(unet, controlnet, inp, scale):
+    x2, t2 = torch.cat([inp["x"]] * 2), torch.cat([inp["t"]] * 2)
+    ctx = torch.cat([inp["cond"], inp["uncond"]])
+    down, mid = controlnet(x2, t2, encoder_hidden_states=ctx, controlnet_cond=torch.cat([inp["hint"]] * 2),
+                           conditioning_scale=1.0, return_dict=False)
+    e_c, e_u = unet(x2, t2, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid).sample.chunk(2)
+    return e_u + scale * (e_c - e_u)
+
+
+@torch.inference_mode()
+def time_steps(steps, repeats: int):
+    for fn in steps.values():  # warm-up
+        fn()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():  # interleaved, so machine load hits both alike
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(args, which: str) -> float:
+    """Max RSS in GiB of a fresh process that builds ``which`` and runs two steps."""
+    cmd = [sys.executable, "-m", "bench.bench_sampling", "--config", args.config, "--size", str(args.size),
+           "--only", which, "--repeats", "1"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["max_rss_gib"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="models/cldm_v15.yaml")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels (latents are size/8)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["ours", "diffusers"], help="internal: one implementation, print max RSS")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
+    args = parser.parse_args()
+
+    if args.only:
+        time_steps(build(args.config, args.size, args.only), args.repeats)
+        print(json.dumps({"max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+        return
+    times = time_steps(build(args.config, args.size, "both"), args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, CFG batch 2")
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    memory = {} if args.no_memory else {name: peak_memory(args, name) for name in times}
+    for name, ts in times.items():
+        mem = f", peak RSS {memory[name]:.2f} GiB" if memory else ""
+        print(f"{name:10s} median {medians[name]:.3f} s/step  (runs: {', '.join(f'{t:.3f}' for t in ts)}){mem}")
+    print(f"ours / diffusers = {medians['ours'] / medians['diffusers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
