@@ -1,0 +1,33 @@
+"""Running a CPM network at one scale and bringing its maps back to image size (upstream body.py/hand.py)."""
+import cv2
+import numpy as np
+
+BOX_SIZE = 368  # the nets' training input height
+STRIDE = 8  # output maps are 1/8 of the input
+PAD_VALUE = 128
+
+
+def cpm_maps(run_net, bgr: np.ndarray, scale: float) -> list:
+    """Maps of `run_net` on `bgr` resized by `scale`, each returned as (H, W, C) float32 at `bgr`'s size.
+
+    run_net: (h, w, 3) float32 input -> tuple of (1, C, h/8, w/8) tensors. The resized image is padded
+    bottom/right to a multiple of 8 with grey 128 and normalised to x / 256 - 0.5; each output is upscaled
+    x8 (bicubic), cropped to the unpadded area, then resized to the image (bicubic), as upstream.
+    """
+    h, w = bgr.shape[:2]
+    resized = cv2.resize(bgr, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    rh, rw = resized.shape[:2]
+    padded = cv2.copyMakeBorder(resized, 0, -rh % STRIDE, 0, -rw % STRIDE, cv2.BORDER_CONSTANT,
+                                value=(PAD_VALUE,) * 3)
+    maps = []
+    for out in run_net(padded.astype(np.float32) / 256 - 0.5):
+        small = out[0].permute(1, 2, 0).float().cpu().numpy()
+        full = cv2.resize(small, (0, 0), fx=STRIDE, fy=STRIDE, interpolation=cv2.INTER_CUBIC)[:rh, :rw]
+        maps.append(cv2.resize(full, (w, h), interpolation=cv2.INTER_CUBIC))
+    return maps
+
+
+def gaussian_smooth(maps: np.ndarray, sigma: float = 3.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(sigma) per channel: 'reflect' border (abc|cba), taps to 4 sigma."""
+    ksize = 2 * int(4.0 * sigma + 0.5) + 1
+    return cv2.GaussianBlur(maps, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT)
