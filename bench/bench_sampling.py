@@ -2,15 +2,17 @@
 
 Builds the SD1.5 + ControlNet architecture (models/cldm_v15.yaml) with random weights, converts them
 into diffusers' UNet2DConditionModel + ControlNetModel, then times one CFG step (the cond and uncond
-rows of one image as one batch of 2) for both, interleaved, in one process. Peak memory (max RSS) is
-measured in a fresh process per implementation.
+rows of one image as one batch of 2) for both, interleaved, in one process: wall time and CPU time
+(``process_time``; with ``--threads 1`` it counts work done, which machine load barely changes).
+Peak memory is measured in a fresh process per implementation that holds only its own weights: the
+high-water mark of the resident set, reset after building, over two steps.
 
     python -m bench.bench_sampling                 # full size: ~10 GB RAM, minutes on 2 cores
     python -m bench.bench_sampling --config tests/configs/cldm_tiny.yaml --size 64   # smoke run
 """
 import argparse
+import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,11 +40,15 @@ def build(config: str, size: int, which: str):
                                      {"c_crossattn": [inputs["uncond"]], "c_concat": [inputs["hint"]]},
                                      guidance_scale=9.0, control_scales=control_scales(1.0))
         steps["ours"] = lambda: eps_fn(inputs["x"], inputs["t"], 0.0)
+        if which == "ours":  # hold the same weights as the diffusers twin: UNet + ControlNet only
+            model.first_stage_model = model.cond_stage_model = None
     if which in ("both", "diffusers"):
-        unet, controlnet = diffusers_twin(config, model.state_dict(), latent)
+        sd = {k: v.clone() for k, v in model.state_dict().items()}  # own storage, so our model can go
+        unet, controlnet = diffusers_twin(config, sd, latent)
         steps["diffusers"] = lambda: diffusers_step(unet, controlnet, inputs, 9.0)
     if which == "diffusers":
-        del model
+        del model, sd
+        gc.collect()
     return steps
 
 
@@ -60,21 +66,30 @@ def diffusers_step(unet, controlnet, inp, scale):
 def time_steps(steps, repeats: int):
     for fn in steps.values():  # warm-up
         fn()
-    times = {name: [] for name in steps}
+    times = {name: {"wall": [], "cpu": []} for name in steps}
     for _ in range(repeats):
         for name, fn in steps.items():  # interleaved, so machine load hits both alike
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
     return times
+
+
+def _status_gib(field: str) -> float:
+    """A memory field (VmRSS, VmHWM) of /proc/self/status in GiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    raise KeyError(field)
 
 
 def peak_memory(args, which: str) -> float:
     """Max RSS in GiB of a fresh process that builds ``which`` and runs two steps."""
     cmd = [sys.executable, "-m", "bench.bench_sampling", "--config", args.config, "--size", str(args.size),
-           "--only", which, "--repeats", "1"]
+           "--only", which, "--repeats", "1", "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["max_rss_gib"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
@@ -83,21 +98,34 @@ def main():
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (latents are size/8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["ours", "diffusers"], help="internal: one implementation, print max RSS")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.only:
-        time_steps(build(args.config, args.size, args.only), args.repeats)
-        print(json.dumps({"max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+        steps = build(args.config, args.size, args.only)
+        gc.collect()
+        weights = _status_gib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (Linux)
+            f.write("5")
+        time_steps(steps, args.repeats)
+        print(json.dumps({"weights_gib": weights, "peak_gib": _status_gib("VmHWM")}))
         return
     times = time_steps(build(args.config, args.size, "both"), args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, CFG batch 2")
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, "
+          f"CFG batch 2, median of {args.repeats}")
     memory = {} if args.no_memory else {name: peak_memory(args, name) for name in times}
-    for name, ts in times.items():
-        mem = f", peak RSS {memory[name]:.2f} GiB" if memory else ""
-        print(f"{name:10s} median {medians[name]:.3f} s/step  (runs: {', '.join(f'{t:.3f}' for t in ts)}){mem}")
-    print(f"ours / diffusers = {medians['ours'] / medians['diffusers']:.3f}")
+    medians = {}
+    for name, t in times.items():
+        medians[name] = {kind: statistics.median(v) for kind, v in t.items()}
+        mem = (f", resident {memory[name]['weights_gib']:.2f} GiB after build, peak {memory[name]['peak_gib']:.2f} GiB"
+               if memory else "")
+        print(f"{name:10s} wall {medians[name]['wall']:.3f} s/step, CPU {medians[name]['cpu']:.3f} s/step "
+              f"(wall runs: {', '.join(f'{x:.2f}' for x in t['wall'])}){mem}")
+    for kind in ("wall", "cpu"):
+        print(f"ours / diffusers ({kind}) = {medians['ours'][kind] / medians['diffusers'][kind]:.3f}")
 
 
 if __name__ == "__main__":

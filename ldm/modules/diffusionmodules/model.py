@@ -80,6 +80,15 @@ def _run_mid(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return mid.block_2(mid.attn_1(mid.block_1(h)))
 
 
+def _run_level(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The res blocks of one resolution level, each followed by its attention block if it has one."""
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[i](h)
+    return h
+
+
 class Encoder(nn.Module):
     """Image (b, in_channels, H, W) -> moments (b, 2*z_channels, H/f, W/f) with f = 2**(len(ch_mult)-1)."""
 
@@ -113,10 +122,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _run_level(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = _run_mid(self.mid, h)
@@ -157,10 +163,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = _run_mid(self.mid, self.conv_in(z))
         for level in reversed(self.up):
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
