@@ -1,0 +1,80 @@
+"""Command line of the apps: flags, model loading, serving (upstream did this at import time, per script)."""
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from cldm.app.annotators import Annotators
+from cldm.app.engine import Engine
+from cldm.app.tasks import TASKS, Task
+from cldm.app.ui import build_annotator_demo, build_demo, build_multi_demo, launch
+from cldm.app.weights import resolve_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    if with_model:
+        parser.add_argument("--config", help="model yaml (default: models/cldm_v15.yaml)")
+        parser.add_argument("--ckpt", nargs=num_ckpts, type=Path,
+                            help="ControlNet checkpoint" + ("s, one per ControlNet" if num_ckpts > 1 else "") +
+                                 " (default: ./models/control_sd15_<name>.pth, else the bundled demo model)")
+        parser.add_argument("--save-memory", action="store_true",
+                            help="low-VRAM mode: keep only the modules in use on the device")
+        parser.add_argument("--dtype", choices=DTYPES, default="float32", help="diffusion model precision")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cuda when available)")
+    parser.add_argument("--annotator-ckpts", type=Path,
+                        help="folder of annotator weights (default: $CONTROLNET_ANNOTATOR_CKPTS or annotator/ckpts)")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves the whole network")
+    parser.add_argument("--port", type=int, help="default: Gradio's (7860, or the next free one)")
+    return parser
+
+
+def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    for path in getattr(args, "ckpt", None) or []:
+        if not path.is_file():
+            parser.error(f"--ckpt {path}: no such file")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by Gradio at call time: no telemetry, no version check
+    return args
+
+
+def _engine(args: argparse.Namespace, checkpoints) -> Engine:
+    choice = resolve_model(checkpoints, args.ckpt, args.config)
+    return Engine.load(choice, args.device, DTYPES[args.dtype], args.save_memory)
+
+
+def serve(demo, args: argparse.Namespace) -> None:
+    launch(demo, args.host, args.port)
+
+
+def main(task: Task, argv=None) -> None:
+    """Run one diffusion app (`gradio_<task>2image.py`)."""
+    args = _setup(make_parser(task.title), argv)
+    serve(build_demo(task, _engine(args, [task.checkpoint]), Annotators(args.device, args.annotator_ckpts)), args)
+
+
+def main_multi(default_tasks=("canny", "pose"), argv=None) -> None:
+    """Run the multi-ControlNet app; `--tasks` picks the ControlNets (their checkpoints and default detectors)."""
+    parser = make_parser("Control Stable Diffusion with two ControlNets", num_ckpts=len(default_tasks))
+    names = [name for name, task in TASKS.items() if not task.canvas]
+    parser.add_argument("--tasks", nargs=len(default_tasks), choices=names, default=list(default_tasks),
+                        help="app names whose ControlNets to compose, e.g. canny pose")
+    args = _setup(parser, argv)
+    tasks = [TASKS[name] for name in args.tasks]
+    engine = _engine(args, [t.checkpoint for t in tasks])
+    serve(build_multi_demo(tasks, engine, Annotators(args.device, args.annotator_ckpts)), args)
+
+
+def main_annotator(argv=None) -> None:
+    """Run the annotator app (maps only, no diffusion model)."""
+    args = _setup(make_parser("ControlNet annotators", with_model=False), argv)
+    serve(build_annotator_demo(Annotators(args.device, args.annotator_ckpts)), args)

@@ -1,0 +1,175 @@
+"""The diffusion side of the apps: load a ControlLDM (plus extra ControlNets) once, sample per request.
+
+Reproduces the sampling half of upstream's `process()` (prompt + ', ' + added prompt, negative prompt,
+guess-mode scales, seed -1 = random in [0, 65535], samples decoded to uint8), but every per-request value
+(strength, guess mode, start/end, the second ControlNet) travels as a sampler argument: the shared model
+is never modified, so concurrent users cannot see each other's settings.
+"""
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from cldm.app.weights import ModelChoice
+from cldm.cldm import ControlInput, ControlNet, control_scales
+from cldm.model import CheckpointError, create_model, load_checkpoint, load_state_dict
+from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.util import instantiate_from_config
+
+log = logging.getLogger(__name__)
+
+RANDOM_SEED_RANGE = (0, 65535)  # what upstream draws from when the seed is -1
+LATENT_FACTOR = 8  # the VAE maps 8x8 pixels to one latent
+
+
+class NoModelError(RuntimeError):
+    """Run was pressed but no model weights were found at startup."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's sampling settings (upstream's Advanced options, minus the per-ControlNet ones)."""
+    prompt: str = ""
+    added_prompt: str = "best quality, extremely detailed"
+    negative_prompt: str = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+                            "cropped, worst quality, low quality")
+    num_samples: int = 1
+    ddim_steps: int = 20
+    guess_mode: bool = False
+    scale: float = 9.0
+    seed: int = -1
+    eta: float = 0.0
+
+    def __post_init__(self):
+        problems = [f"{name} = {value}" for name, value, ok in (
+            ("Images", self.num_samples, self.num_samples >= 1),
+            ("Steps", self.ddim_steps, self.ddim_steps >= 1),
+            ("Guidance Scale", self.scale, math.isfinite(self.scale) and self.scale > 0),
+            ("Seed", self.seed, self.seed >= -1),
+            ("eta", self.eta, math.isfinite(self.eta) and self.eta >= 0),
+        ) if not ok]
+        if problems:
+            raise ValueError("invalid setting: " + ", ".join(problems))
+
+    def full_prompt(self) -> str:
+        return f"{self.prompt}, {self.added_prompt}"
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet's share of a request: the map it sees and how strongly and when it applies."""
+    control_map: np.ndarray  # (H, W, 3) uint8; H and W multiples of 64
+    strength: float = 1.0
+    start: float = 0.0  # fractions of the sampling steps, 0 = first (noisiest) step
+    end: float = 1.0
+    net: Optional[ControlNet] = None  # None: the model's own control_model
+
+    def __post_init__(self):
+        if not (math.isfinite(self.strength) and self.strength >= 0):
+            raise ValueError(f"Control Strength must be a number >= 0, got {self.strength}")
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(f"Control start must not exceed Control end (got {self.start} and {self.end})")
+
+
+def load_control_net(config_path, ckpt_path) -> ControlNet:
+    """The ControlNet stored in a full ControlLDM checkpoint (its `control_model.*` weights)."""
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    net = instantiate_from_config(config["model"]["params"]["control_stage_config"])
+    prefix = "control_model."
+    weights = {k[len(prefix):]: v for k, v in load_state_dict(str(ckpt_path)).items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{ckpt_path} holds no ControlNet (no '{prefix}' keys)")
+    load_checkpoint(net, weights, source=str(ckpt_path))
+    return net.eval()
+
+
+class Engine:
+    """A loaded ControlLDM and the extra ControlNets of a multi-ControlNet app, on one device.
+
+    `model=None` stands for "no weights found": the app still starts, and `generate` raises NoModelError
+    with `banner` (which says where the weights go). save_memory: upstream's low-VRAM mode, keeping on the
+    device only the modules the current phase needs.
+    """
+
+    def __init__(self, model=None, device="cpu", extra_nets: Sequence[ControlNet] = (), save_memory: bool = False,
+                 banner: str = ""):
+        self.model = model
+        self.device = torch.device(device)
+        self.extra_nets = list(extra_nets)
+        self.save_memory = save_memory
+        self.banner = banner
+
+    @classmethod
+    def load(cls, choice: ModelChoice, device="cpu", dtype=torch.float32, save_memory: bool = False) -> "Engine":
+        """Build and load what `choice` names: the first checkpoint is the model, the others add ControlNets."""
+        if not choice.available:
+            log.warning("no model weights: %s", choice.banner)
+            return cls(None, device, banner=choice.banner)
+        model = create_model(str(choice.config)).eval()
+        load_checkpoint(model, str(choice.ckpts[0]))
+        extra = [load_control_net(choice.config, path).to(device, dtype) for path in choice.ckpts[1:]]
+        engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner)
+        engine._shift(diffusing=False)
+        return engine
+
+    def ensure_model(self) -> None:
+        """Raise NoModelError (with the banner saying where the weights go) when none was loaded."""
+        if self.model is None:
+            raise NoModelError(self.banner)
+
+    @property
+    def native_resolution(self) -> Optional[int]:
+        """Image side the model was trained at (512 for SD 1.5), None without a model."""
+        return None if self.model is None else self.model.image_size * LATENT_FACTOR
+
+    def _shift(self, diffusing: bool) -> None:
+        """Low-VRAM mode: the UNet and ControlNets on the device while diffusing, the VAE and text encoder otherwise."""
+        if not self.save_memory:
+            return
+        self.model.low_vram_shift(diffusing, self.device)
+        for net in self.extra_nets:
+            net.to(self.device if diffusing else "cpu")
+
+    def _hint(self, control_map: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 map -> (1, 3, H, W) float in [0, 1] on the device."""
+        hint = torch.from_numpy(np.ascontiguousarray(control_map)).permute(2, 0, 1)[None]
+        return hint.float().div(255.0).to(self.device)
+
+    @torch.no_grad()
+    def generate(self, units: Sequence[ControlUnit], sampling: Sampling,
+                 on_step: Optional[Callable[[int, int], None]] = None) -> Tuple[List[np.ndarray], int]:
+        """Sample `sampling.num_samples` images under every unit's map -> (list of (H, W, 3) uint8, seed used).
+
+        All maps must share one size, a multiple of 64. `on_step(i, total)` is called after each DDIM step.
+        """
+        self.ensure_model()
+        h, w = units[0].control_map.shape[:2]
+        if any(u.control_map.shape != (h, w, 3) for u in units) or h % 64 or w % 64:
+            raise ValueError(f"control maps must be (H, W, 3) with H, W multiples of 64, got "
+                             f"{[u.control_map.shape for u in units]}")
+        n = sampling.num_samples
+        seed = random.randint(*RANDOM_SEED_RANGE) if sampling.seed == -1 else sampling.seed
+        generator = torch.Generator(self.device).manual_seed(seed)
+        model = self.model
+
+        self._shift(diffusing=False)
+        cond = {"c_crossattn": [model.get_learned_conditioning([sampling.full_prompt()] * n)]}
+        uncond = {"c_crossattn": [model.get_learned_conditioning([sampling.negative_prompt] * n)]}
+        controls = [ControlInput(self._hint(u.control_map), control_scales(u.strength, sampling.guess_mode),
+                                 model=u.net, start=u.start, end=u.end) for u in units]
+        self._shift(diffusing=True)
+        samples, _ = DDIMSampler(model).sample(
+            sampling.ddim_steps, n, (4, h // LATENT_FACTOR, w // LATENT_FACTOR), cond, verbose=False,
+            eta=sampling.eta, unconditional_guidance_scale=sampling.scale, unconditional_conditioning=uncond,
+            generator=generator, controls=controls, guess_mode=sampling.guess_mode,
+            callback=None if on_step is None else lambda info: on_step(info["i"] + 1, info["total"]))
+        self._shift(diffusing=False)
+        vae_dtype = next(model.first_stage_model.parameters()).dtype
+        x = model.decode_first_stage(samples.to(vae_dtype)).float()  # (n, 3, H, W) in [-1, 1]
+        images = (x.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return list(images), seed

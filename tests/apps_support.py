@@ -1,0 +1,81 @@
+"""Helpers shared by the app tests: a tiny model saved as a real checkpoint, in-process serving, call arguments."""
+import atexit
+import contextlib
+import functools
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_CLDM, build_tiny, randomize_zero_convs
+
+from cldm.app.engine import Engine
+from cldm.app.tasks import Task
+from cldm.app.ui import launch
+from cldm.app.weights import ModelChoice
+from cldm.model import save_state_dict
+
+ROOT_SCRIPTS = sorted(p.name for p in Path(__file__).resolve().parents[1].glob("gradio_*.py"))
+# Fast settings: 64 px output (the tiny model's native size), 2 DDIM steps, the smallest detect resolution.
+FAST = dict(prompt="a dog", num_samples=2, image_resolution=64, guess_mode=False, ddim_steps=2, scale=9.0, seed=1,
+            eta=0.0, added_prompt="best quality", negative_prompt="lowres", strength=1.0, control_start=0.0,
+            control_end=1.0)
+DETECT_RESOLUTION = 128
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Autouse in the app test modules (imported there): the tiny nets gain nothing from intra-op threads, and on
+    a busy machine OpenMP's spinning threads made each app call ~10x slower (measured: 0.2 s vs 1.5-11 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_checkpoint() -> Path:
+    """A tiny ControlLDM with random weights (zero convs randomised, so the control matters) as a file."""
+    folder = Path(tempfile.mkdtemp(prefix="app-ckpt-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "control_tiny.safetensors"
+    save_state_dict(randomize_zero_convs(build_tiny()).state_dict(), str(path))
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_engine() -> Engine:
+    """The tiny model loaded the way the apps load models, with a second ControlNet for the multi app."""
+    return Engine.load(ModelChoice(Path(TINY_CLDM), (tiny_checkpoint(), tiny_checkpoint())))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(demo):
+    """Serve `demo` on a free local port for the duration of the block; yields its URL."""
+    _, url, _ = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def client_for(url, download_dir):
+    from gradio_client import Client
+    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir))
+
+
+def task_kwargs(task: Task, input_image, **overrides) -> dict:
+    """Keyword arguments of a diffusion app's /run endpoint: FAST settings and the task's defaults unless
+    overridden (detectors at their smallest resolution)."""
+    values = {"input_image": input_image, **FAST, **task.default_options()}
+    if "detect_resolution" in values:
+        values["detect_resolution"] = DETECT_RESOLUTION
+    return {**values, **overrides}

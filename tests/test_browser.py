@@ -1,0 +1,102 @@
+"""The apps in a real headless Chromium (Playwright): upload and run the Canny app, draw on the interactive
+scribble canvas. Screenshots go to test-artifacts/ for a human to look at."""
+import io
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apps_support import serving, tiny_checkpoint, tiny_engine
+from conftest import TINY_CLDM
+from apps_support import one_torch_thread  # noqa: F401 (autouse fixture)
+from PIL import Image
+
+from cldm.app.annotators import Annotators
+from cldm.app.engine import Engine
+from cldm.app.tasks import TASKS
+from cldm.app.ui import build_demo
+from cldm.app.weights import resolve_model
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TIMEOUT_MS = 60_000  # generous: the machine running the tests may be busy
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    page.close()
+
+
+def gallery_image(page, url, index) -> np.ndarray:
+    src = page.locator("#gallery img").nth(index).get_attribute("src")
+    with urllib.request.urlopen(src if src.startswith("http") else url.rstrip("/") + src) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
+
+
+def test_canny_app_upload_prompt_two_images(page, shared_dir, tmp_path):
+    """Without control_sd15_canny.pth the (here: tiny test) demo model runs, and the banner says so."""
+    dog = shared_dir / "test_imgs" / "dog.png"
+    if not dog.is_file():
+        pytest.skip(f"{dog} not available")
+    choice = resolve_model("canny", [tmp_path / "control_sd15_canny.pth"], demo_config=TINY_CLDM,
+                           demo_weights=tiny_checkpoint())
+    engine = Engine(tiny_engine().model, banner=choice.banner)
+    with serving(build_demo(TASKS["canny"], engine, Annotators())) as url:
+        page.goto(url, wait_until="networkidle")
+        assert "Running the bundled tiny demo model" in page.locator("#banner").inner_text()
+        page.locator("#run").click()  # no image yet: a visible error, and the page keeps working
+        page.get_by_text("No input image: upload one first.").wait_for()
+        page.get_by_test_id("toast-close").click()
+        page.locator("#input_image input[type=file]").set_input_files(str(dog))
+        page.locator("#prompt textarea").fill("a dog on the grass")
+        page.get_by_text("Advanced options").click()
+        page.get_by_label("number input for Images").fill("2")
+        page.get_by_label("number input for Steps").fill("3")  # the default 20 only costs time here
+        page.locator("#run").click()
+        page.locator("#gallery img").nth(2).wait_for()
+        assert page.locator("#gallery img").count() == 3
+        edges = gallery_image(page, url, 0)  # inverted Canny map: black edges on white
+        assert edges.min() == 0 and np.median(edges) == 255
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ARTIFACTS / "canny_app.png"), full_page=True)
+
+
+def test_interactive_scribble_canvas_draw_and_run(page):
+    with serving(build_demo(TASKS["scribble_interactive"], tiny_engine(), Annotators())) as url:
+        page.goto(url, wait_until="networkidle")
+        page.get_by_role("button", name="Open drawing canvas!").click()
+        page.locator("#sketch button[aria-label='Brush']").click()
+        box = page.locator("#sketch canvas").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        for dy in (-50, 50):  # two horizontal strokes inside the centred drawing area (few moves: each re-renders)
+            page.mouse.move(cx - 100, cy + dy)
+            page.mouse.down()
+            page.mouse.move(cx + 100, cy + dy, steps=4)
+            page.mouse.up()
+        page.locator("#prompt textarea").fill("two shelves")
+        page.get_by_text("Advanced options").click()
+        page.get_by_label("number input for Steps").fill("3")
+        page.locator("#run").click()
+        page.locator("#gallery img").nth(1).wait_for()
+        scribble = gallery_image(page, url, 0)  # the strokes, shown black on white
+        assert 0 < (scribble < 128).mean() < 0.2
+        page.screenshot(path=str(ARTIFACTS / "scribble_interactive_app.png"), full_page=True)
