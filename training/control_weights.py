@@ -1,0 +1,184 @@
+"""Make and transfer ControlNet weights (upstream ``tool_add_control.py`` and ``tool_transfer_control.py``).
+
+* ``add_control``: a ControlLDM state dict from a Stable Diffusion one. Every ``control_model.X`` starts as a
+  copy of ``model.diffusion_model.X`` (the ControlNet is a trainable copy of the UNet encoder, paper
+  section 3.2); the keys without a counterpart (the hint block and the 13 zero convs) keep their fresh
+  initialisation, whose last layers are zero so the new model equals the SD model.
+* ``transfer_control``: move a ControlNet trained on one base model onto another (e.g. SD1.5 -> Anything v3)
+  by adding the base models' difference to the ControlNet's UNet-copy weights.
+
+Inputs are never modified; outputs are written atomically and never over an existing file.
+"""
+import argparse
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+
+from cldm.model import CheckpointError, create_model, load_checkpoint, load_state_dict, save_state_dict
+from ldm.util import instantiate_from_config
+
+log = logging.getLogger(__name__)
+
+StateDict = Dict[str, torch.Tensor]
+CONTROL = "control_model."
+UNET = "model.diffusion_model."
+FROZEN_PARTS = ("first_stage_model.", "cond_stage_model.")  # VAE and text encoder: always the base model's
+
+
+def unet_counterpart(key: str) -> str:
+    """``control_model.X`` -> ``model.diffusion_model.X``."""
+    return UNET + key[len(CONTROL):]
+
+
+def _fresh_control_model(config_path: str, seed: int) -> torch.nn.Module:
+    """The config's ControlNet with its initial weights (the zero convs zero), built for real."""
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+        torch.manual_seed(seed)
+        return instantiate_from_config(config["model"]["params"]["control_stage_config"])
+
+
+def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
+                source: str = "the input checkpoint") -> Tuple[StateDict, List[str]]:
+    """SD state dict -> (ControlLDM state dict, keys newly initialised).
+
+    The ControlLDM is built on the meta device (keys and shapes only); only its ControlNet is built with real
+    weights. Keys the loader recomputes from the config (schedule buffers, ``position_ids``) are left out when
+    ``sd`` lacks them. Raises ``CheckpointError`` when ``sd`` does not fit the config's SD part or already holds a
+    ControlNet.
+    """
+    if any(k.startswith(CONTROL) for k in sd):
+        raise CheckpointError(f"{source} already holds a ControlNet ({CONTROL}* keys); start from a plain "
+                              "Stable Diffusion checkpoint")
+    target = create_model(config_path, device="meta")
+    _check_fits(target, sd, source)
+    wanted = target.state_dict()
+    control = _fresh_control_model(config_path, seed)
+    control_sd = control.state_dict()
+    fresh = []
+    with torch.no_grad():
+        for name, value in control_sd.items():
+            twin = sd.get(unet_counterpart(CONTROL + name))
+            if twin is not None and twin.shape == value.shape:
+                value.copy_(twin)
+            else:
+                fresh.append(CONTROL + name)
+    out = {}
+    for key, meta in wanted.items():
+        if key.startswith(CONTROL):
+            out[key] = control_sd[key[len(CONTROL):]]
+        elif key in sd:
+            out[key] = sd[key].to(meta.dtype)  # as upstream: the output holds the model's dtypes
+    return out, fresh
+
+
+def _check_fits(meta_model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """The loader's key/shape check (a meta model only compares; nothing is copied), without its
+    'keys left at initial values' messages, which ``add_control`` reports more precisely."""
+    loader_log = logging.getLogger("cldm.model")
+    level = loader_log.level
+    loader_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+            load_checkpoint(meta_model, sd, allow_missing=(CONTROL,), source=source)
+    finally:
+        loader_log.setLevel(level)
+
+
+def transfer_control(base: Mapping[str, torch.Tensor], control: Mapping[str, torch.Tensor],
+                     new_base: Mapping[str, torch.Tensor]) -> Tuple[StateDict, Dict[str, List[str]]]:
+    """control + (new_base - base) on every ``control_model.X`` whose ``model.diffusion_model.X`` both bases hold;
+    every other key of ``control`` from ``new_base`` (VAE, text encoder, UNet). Returns (state dict, report) where
+    the report lists the keys 'transferred', 'kept' (no UNet counterpart: hint block, zero convs) and
+    'kept_missing_in_new_base'."""
+    out: StateDict = {}
+    report: Dict[str, List[str]] = {"transferred": [], "kept": [], "kept_missing_in_new_base": []}
+    for key, value in control.items():
+        if key.startswith(CONTROL):
+            twin = unet_counterpart(key)
+            if twin in base and twin in new_base:
+                if not base[twin].shape == new_base[twin].shape == value.shape:
+                    raise CheckpointError(f"{twin}: shapes differ (base {list(base[twin].shape)}, new base "
+                                          f"{list(new_base[twin].shape)}, control {list(value.shape)}); "
+                                          "are the base models of the same family?")
+                delta = new_base[twin].float() - base[twin].float()
+                out[key] = (value.float() + delta).to(value.dtype)
+                report["transferred"].append(key)
+            else:
+                out[key] = value
+                report["kept"].append(key)
+        elif key in new_base:
+            out[key] = new_base[key]
+        elif key.startswith(FROZEN_PARTS):
+            raise CheckpointError(f"the new base model lacks {key}: is it a full Stable Diffusion checkpoint?")
+        else:
+            out[key] = value
+            report["kept_missing_in_new_base"].append(key)
+    return out, report
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def add_control_cli(default_input: str, default_output: str, default_config: str,
+                    argv: Optional[Sequence[str]] = None) -> None:
+    """``tool_add_control*.py IN OUT [--config]``: the defaults differ per SD version."""
+    parser = argparse.ArgumentParser(description="Make the initial ControlNet checkpoint from a Stable Diffusion one.")
+    parser.add_argument("input", nargs="?", default=default_input, help="SD checkpoint (default: %(default)s)")
+    parser.add_argument("output", nargs="?", default=default_output,
+                        help="ControlLDM checkpoint to write, .ckpt/.pth/.safetensors (default: %(default)s)")
+    parser.add_argument("--config", default=default_config, help="ControlLDM config (default: %(default)s)")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    _refuse_existing(args.output)
+    with _user_errors():
+        out, fresh = add_control(load_state_dict(args.input), args.config, source=args.input)
+        for key in fresh:
+            print(f"These weights are newly added: {key}")
+        save_state_dict(out, args.output)
+    print(f"Done: {len(out)} tensors, {len(fresh)} newly initialised, written to {args.output}")
+
+
+def transfer_control_cli(argv: Optional[Sequence[str]] = None) -> None:
+    """``tool_transfer_control.py``: upstream's paths as defaults."""
+    parser = argparse.ArgumentParser(description="Move a ControlNet onto another SD1.x base model.")
+    parser.add_argument("--base", default="./models/v1-5-pruned.ckpt",
+                        help="the base model the ControlNet was trained on (default: %(default)s)")
+    parser.add_argument("--control", default="./models/control_sd15_openpose.pth",
+                        help="the ControlNet checkpoint (default: %(default)s)")
+    parser.add_argument("--new-base", default="./models/anything-v3-full.safetensors",
+                        help="the base model to move it onto (default: %(default)s)")
+    parser.add_argument("--out", default="./models/control_any3_openpose.pth", help="output (default: %(default)s)")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    _refuse_existing(args.out)
+    with _user_errors():
+        base, control, new_base = (load_state_dict(p) for p in (args.base, args.control, args.new_base))
+        out, report = transfer_control(base, control, new_base)
+        save_state_dict(out, args.out)
+    print(f"Transferred {len(report['transferred'])} ControlNet tensors, kept {len(report['kept'])} "
+          f"(hint block, zero convs); {len(out)} tensors written to {args.out}")
+    if report["kept_missing_in_new_base"]:
+        print(f"Kept from the control file (absent from the new base): {report['kept_missing_in_new_base']}")
+
+
+def _refuse_existing(path: str) -> None:
+    """Fail before the slow loading, not after (save_state_dict checks again at the end)."""
+    if os.path.exists(path):
+        raise SystemExit(f"error: output file already exists: {path} (remove it or choose another name)")
+
+
+@contextmanager
+def _user_errors():
+    """A missing, unreadable or unfitting file is the user's to fix: one line, no traceback."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from e

@@ -1,0 +1,194 @@
+"""Train a ControlNet with PyTorch Lightning 2: the library behind ``tutorial_train*.py``.
+
+Upstream's ``tutorial_train.py`` hard-codes its settings and targets Lightning 1.5; here each setting is a flag
+whose default is upstream's value (batch 4, lr 1e-5, image log every 300 batches, ``sd_locked``, fp32), the
+scripts differ only in their ``TrainDefaults``, and an interrupted run resumes with its optimizer state.
+
+Output layout under ``--output-dir``: ``checkpoints/`` (``step=N.ckpt``, ``last.ckpt``), ``image_log/train/``
+(grids as upstream) and ``lightning_logs/version_N/metrics.csv`` (the loss).
+"""
+import argparse
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from cldm.model import CheckpointError, create_model, load_checkpoint
+from training.dataset import PromptDataset
+from training.logger import ImageLogger
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # flag value -> Lightning's name
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What distinguishes one training script from another."""
+    config: str = "./models/cldm_v15.yaml"
+    resume: str = "./models/control_sd15_ini.ckpt"
+    output_dir: str = "./runs/control_sd15"
+    devices: str = "1"
+    strategy: str = "auto"
+
+
+def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a ControlNet on a Fill50K-layout data set.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=defaults.config, help="ControlLDM yaml")
+    p.add_argument("--resume", default=defaults.resume,
+                   help="initial weights, a ControlLDM checkpoint made by tool_add_control.py")
+    p.add_argument("--data-root", default="./training/fill50k/", help="folder holding prompt.json")
+    p.add_argument("--output-dir", default=defaults.output_dir, help="checkpoints, image and loss logs")
+    p.add_argument("--resume-training", action="store_true",
+                   help="continue the interrupted run in --output-dir from checkpoints/last.ckpt")
+    p.add_argument("--batch-size", type=int, default=4, help="per device")
+    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (batches per optimizer step)")
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
+    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; -1 trains until stopped")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="32",
+                   help="32, bf16 (mixed, CPU or GPU) or 16 (mixed, GPU only)")
+    p.add_argument("--sd-unlocked", action="store_true", help="also train the SD UNet decoder (sd_locked=False)")
+    p.add_argument("--only-mid-control", action="store_true", help="add the control to the middle block only")
+    p.add_argument("--prompt-dropout", type=float, default=0.0,
+                   help="probability of an empty prompt (the paper uses 0.5)")
+    p.add_argument("--no-grad-checkpointing", action="store_true",
+                   help="ignore the config's use_checkpoint: faster, much more memory")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning's)")
+    p.add_argument("--devices", default=defaults.devices, help="number of devices (Lightning's)")
+    p.add_argument("--strategy", default=defaults.strategy, help="auto, ddp, ddp_spawn, ... (Lightning's)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=300, help="image log every N batches (0: never)")
+    p.add_argument("--log-ddim-steps", type=int, default=50, help="DDIM steps of the logged samples")
+    p.add_argument("--loss-every", type=int, default=50, help="write the loss to the CSV log every N steps")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N optimizer steps")
+    return p
+
+
+def _devices(value: str) -> Union[int, str]:
+    return value if value == "auto" else int(value)
+
+
+def last_checkpoint_path(output_dir: str) -> str:
+    return os.path.join(output_dir, "checkpoints", "last.ckpt")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse settings that would fail late or silently differ from what was asked."""
+    if args.precision == "16" and (args.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise SystemExit("error: --precision 16 needs a GPU (Lightning turns it into bf16 on CPU); "
+                         "use --precision bf16")
+    last = last_checkpoint_path(args.output_dir)
+    if args.resume_training and not os.path.lexists(last):
+        raise SystemExit(f"error: --resume-training: no checkpoint to resume at {last}")
+    if not args.resume_training and os.path.lexists(last):
+        raise SystemExit(f"error: {args.output_dir} already holds a run ({last}); continue it with "
+                         "--resume-training or choose another --output-dir")
+    if not args.resume_training and not os.path.isfile(args.resume):
+        raise SystemExit(f"error: initial weights not found: {args.resume}\nCreate them from a Stable Diffusion "
+                         f"checkpoint with:\n  python tool_add_control.py <SD checkpoint> {args.resume} "
+                         f"--config {args.config}")
+
+
+def set_grad_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
+    """Override the config's ``use_checkpoint`` on every block that has one (read at each forward)."""
+    for module in model.modules():
+        if hasattr(module, "use_checkpoint"):
+            module.use_checkpoint = enabled
+
+
+def build_model(args: argparse.Namespace) -> pl.LightningModule:
+    """The ControlLDM of ``--config`` with the training options; initial weights unless resuming a run
+    (the run's checkpoint replaces them)."""
+    model = create_model(args.config, sd_locked=not args.sd_unlocked, only_mid_control=args.only_mid_control,
+                         learning_rate=args.lr)
+    if args.no_grad_checkpointing:
+        set_grad_checkpointing(model, False)
+    if not args.resume_training:
+        try:
+            load_checkpoint(model, args.resume)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+    return model
+
+
+def build_dataloader(args: argparse.Namespace) -> DataLoader:
+    try:
+        dataset = PromptDataset(args.data_root, prompt_dropout=args.prompt_dropout)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from e
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                      persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available())
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, plus a save of the final step: Lightning saves only every N steps, so a
+    run ending between two saves (``--max-steps`` not a multiple of ``--ckpt-every``) would lose its last steps.
+    Uses ModelCheckpoint's own helpers (Lightning 2.6, pinned); tests/test_training.py checks the result."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # False when this step is saved already
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+
+class RankSummary(pl.Callback):
+    """Log, from every process, how many batches it trained: shows that all DDP ranks took part."""
+
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        log.info("rank %d/%d: trained %d batches, global step %d", trainer.global_rank, trainer.world_size,
+                 self.batches, trainer.global_step)
+
+
+def _strategy(args: argparse.Namespace) -> str:
+    """With --only-mid-control the 12 skip zero convs get no gradient, which plain DDP treats as an error."""
+    if args.only_mid_control and args.strategy == "ddp":
+        return "ddp_find_unused_parameters_true"
+    return args.strategy
+
+
+def build_trainer(args: argparse.Namespace) -> pl.Trainer:
+    # One file on disk: the newest step (also written on an exception or Ctrl-C), last.ckpt links to it.
+    checkpoints = StepCheckpoint(dirpath=os.path.join(args.output_dir, "checkpoints"), filename="{step}",
+                                 every_n_train_steps=args.ckpt_every, save_top_k=1, save_last="link",
+                                 save_on_exception=True, enable_version_counter=False)
+    images = ImageLogger(args.output_dir, batch_frequency=args.log_every,
+                         log_images_kwargs={"ddim_steps": args.log_ddim_steps})
+    return pl.Trainer(accelerator=args.accelerator, devices=_devices(args.devices), strategy=_strategy(args),
+                      precision=PRECISIONS[args.precision], max_steps=args.max_steps,
+                      accumulate_grad_batches=args.accumulate, log_every_n_steps=args.loss_every,
+                      callbacks=[checkpoints, images, RankSummary()], logger=CSVLogger(args.output_dir),
+                      default_root_dir=args.output_dir)
+
+
+def train(args: argparse.Namespace) -> pl.Trainer:
+    check_args(args)
+    # The VAE and text encoder stay in eval mode on purpose (LatentDiffusion.train): not worth a warning.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    pl.seed_everything(args.seed, workers=True)
+    model = build_model(args)
+    trainer = build_trainer(args)
+    ckpt_path = last_checkpoint_path(args.output_dir) if args.resume_training else None
+    trainer.fit(model, build_dataloader(args), ckpt_path=ckpt_path)
+    return trainer
+
+
+def main(argv: Optional[Sequence[str]] = None, defaults: TrainDefaults = TrainDefaults()) -> pl.Trainer:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return train(build_parser(defaults).parse_args(argv))
