@@ -47,7 +47,7 @@ def load_state_dict(path: str, location: str = "cpu") -> Dict[str, torch.Tensor]
             from safetensors.torch import load_file
             sd = load_file(path, device=str(location))
         else:
-            sd = torch.load(path, map_location=location, weights_only=True)
+            sd = _torch_load(path, location)
     except Exception as e:  # corrupt, truncated or pickled-code files all end here
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     while isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -56,6 +56,13 @@ def load_state_dict(path: str, location: str = "cpu") -> Dict[str, torch.Tensor]
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     log.info("loaded state_dict from [%s]", path)
     return sd
+
+
+def _torch_load(path: str, location) -> dict:
+    """``torch.load(weights_only=True)``, memory-mapped when the file is in the zip format (all files saved
+    by torch >= 1.6), so a multi-GB checkpoint is paged in as used instead of read whole."""
+    import zipfile
+    return torch.load(path, map_location=location, weights_only=True, mmap=zipfile.is_zipfile(path))
 
 
 def save_state_dict(sd: Dict[str, torch.Tensor], path: str) -> None:

@@ -227,7 +227,7 @@ class LatentDiffusion(pl.LightningModule):
 
     def training_step(self, batch: Mapping, batch_idx: int):
         loss, loss_dict = self.shared_step(batch)
-        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True,
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True, sync_dist=True,
                       batch_size=len(batch[self.cond_stage_key]))
         return loss
 
