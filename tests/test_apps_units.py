@@ -269,3 +269,20 @@ def test_map_sizes_follow_the_output_size():
     resized = cv2.resize(np.full((50, 50, 3), 255, np.uint8), (128, 64))
     assert tasks.canny_map(StubAnnotators(), None, resized, 100, 200).shape == (64, 128, 3)
     assert tasks.resize_to(np.zeros((10, 30, 3), np.uint8), resized).shape == (64, 128, 3)
+
+
+def test_prompt_joining_and_demo_defaults(tmp_path):
+    from cldm.app.engine import Engine, Sampling
+    from cldm.app.weights import resolve_model
+
+    assert Sampling(prompt="a dog").full_prompt() == "a dog, best quality, extremely detailed"  # upstream's join
+    assert Sampling(prompt="red circle with blue background", added_prompt="").full_prompt() == \
+        "red circle with blue background"
+    config, weights = tmp_path / "demo.yaml", tmp_path / "demo.safetensors"
+    config.write_text("model: {}")
+    weights.write_bytes(b"")
+    choice = resolve_model("canny", ckpts=[tmp_path / "absent.pth"], demo_config=config, demo_weights=weights)
+    assert choice.demo and "tiny demo model" in choice.banner
+    demo = Engine(banner=choice.banner, demo=choice.demo).default_sampling
+    assert demo.added_prompt == demo.negative_prompt == ""
+    assert Engine().default_sampling.added_prompt == "best quality, extremely detailed"

@@ -57,7 +57,8 @@ class Sampling:
             raise ValueError("invalid setting: " + ", ".join(problems))
 
     def full_prompt(self) -> str:
-        return f"{self.prompt}, {self.added_prompt}"
+        """Upstream's `prompt + ', ' + added_prompt`, without a dangling comma when either is empty."""
+        return ", ".join(p for p in (self.prompt, self.added_prompt) if p)
 
 
 @dataclass
@@ -97,12 +98,15 @@ class Engine:
     """
 
     def __init__(self, model=None, device="cpu", extra_nets: Sequence[ControlNet] = (), save_memory: bool = False,
-                 banner: str = ""):
+                 banner: str = "", demo: bool = False):
         self.model = model
         self.device = torch.device(device)
         self.extra_nets = list(extra_nets)
         self.save_memory = save_memory
         self.banner = banner
+        # The demo model's tiny text tower only learnt Fill50K prompts: upstream's added and negative prompts
+        # ("best quality, ...") are noise to it, so its apps start with them empty.
+        self.default_sampling = Sampling(added_prompt="", negative_prompt="") if demo else Sampling()
 
     @classmethod
     def load(cls, choice: ModelChoice, device="cpu", dtype=torch.float32, save_memory: bool = False) -> "Engine":
@@ -113,7 +117,7 @@ class Engine:
         model = create_model(str(choice.config)).eval()
         load_checkpoint(model, str(choice.ckpts[0]))
         extra = [load_control_net(choice.config, path).to(device, dtype) for path in choice.ckpts[1:]]
-        engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner)
+        engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner, choice.demo)
         engine._shift(diffusing=False)
         return engine
 

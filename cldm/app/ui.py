@@ -109,8 +109,8 @@ def advanced_options(engine: Engine, options: Sequence[Option] = (), with_unit: 
             "seed": gr.Slider(label="Seed", minimum=-1, maximum=2147483647, step=1, randomize=True, precision=0,
                               info="-1: a new random seed each run"),
             "eta": gr.Number(label="eta (DDIM)", value=0.0, minimum=0.0),
-            "added_prompt": gr.Textbox(label="Added Prompt", value=Sampling.added_prompt),
-            "negative_prompt": gr.Textbox(label="Negative Prompt", value=Sampling.negative_prompt),
+            "added_prompt": gr.Textbox(label="Added Prompt", value=engine.default_sampling.added_prompt),
+            "negative_prompt": gr.Textbox(label="Negative Prompt", value=engine.default_sampling.negative_prompt),
         }
     return inputs
 

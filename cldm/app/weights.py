@@ -27,6 +27,7 @@ class ModelChoice:
     config: Optional[Path]
     ckpts: Tuple[Path, ...]
     banner: str = ""  # plain text; empty when the requested checkpoints run
+    demo: bool = False  # the bundled tiny demo model stands in for the real checkpoints
 
     @property
     def available(self) -> bool:
@@ -48,7 +49,7 @@ def resolve_model(names, ckpts=None, config=None, demo_config=DEMO_CONFIG, demo_
     wanted = "; ".join(f"{p.name} at {p}" for p in missing)
     where = f"download from {WEIGHTS_URL} and put {wanted}, then restart"
     if Path(demo_config).is_file() and Path(demo_weights).is_file():
-        return ModelChoice(Path(demo_config), (Path(demo_weights),) * len(paths), banner=(
+        return ModelChoice(Path(demo_config), (Path(demo_weights),) * len(paths), demo=True, banner=(
             f"Running the bundled tiny demo model ({Path(demo_weights).name}, trained on Fill50K circles only: "
             f"expect coloured circles, not photos). For the real ControlNet, {where}."))
     return ModelChoice(None, (), banner=f"No model weights found, so Run cannot generate images: {where}.")
