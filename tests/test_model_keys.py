@@ -61,3 +61,10 @@ def test_lora_is_refused(meta_models):
             for ud in ("up", "down")}
     with pytest.raises(CheckpointError, match="LoRA"):
         load_checkpoint(meta_models["cldm_v15"], lora, source="style.safetensors")
+
+
+def test_ema_keys_match_upstream_layout(shared_dir):
+    """use_ema=True adds exactly the model_ema.* keys of v1-5-pruned.ckpt (dots removed from the names)."""
+    model = create_model("models/cldm_v15.yaml", device="meta", use_ema=True)
+    ema = {k: list(v.shape) for k, v in model.state_dict().items() if k.startswith("model_ema.")}
+    assert ema == manifest(shared_dir, "sd15_ldm_ema_extra")
