@@ -7,8 +7,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import pytest
-import torch
 from conftest import TINY_CLDM, build_tiny, randomize_zero_convs
 
 from cldm.app.engine import Engine
@@ -23,16 +21,6 @@ FAST = dict(prompt="a dog", num_samples=2, image_resolution=64, guess_mode=False
             eta=0.0, added_prompt="best quality", negative_prompt="lowres", strength=1.0, control_start=0.0,
             control_end=1.0)
 DETECT_RESOLUTION = 128
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Autouse in the app test modules (imported there): the tiny nets gain nothing from intra-op threads, and on
-    a busy machine OpenMP's spinning threads made each app call ~10x slower (measured: 0.2 s vs 1.5-11 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from annotator_weights import random_ckpt_dir
 from apps_support import FAST, client_for, serving, task_kwargs, tiny_engine
-from apps_support import one_torch_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 
 from annotator.util import resize_image

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from apps_support import FAST, ROOT_SCRIPTS, task_kwargs, tiny_engine
-from apps_support import one_torch_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 
 from cldm.app import cli, tasks

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from apps_support import serving, tiny_checkpoint, tiny_engine
 from conftest import TINY_CLDM
-from apps_support import one_torch_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 
 from cldm.app.annotators import Annotators

@@ -23,15 +23,6 @@ from training.train import RankSummary, build_model, build_parser, main
 LOG_NAMES = ("reconstruction", "control", "conditioning", "samples_cfg_scale_9.00")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: more threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """12 Fill50K images of 64 px and control_ini.ckpt made by tool_add_control from a tiny random SD."""

@@ -3,7 +3,7 @@ model that Stable Diffusion and ControlNet 1.0 use: a frozen VAE, a text encoder
 predictor trained with the epsilon (or v) MSE of DDPM, and the 13 schedule buffers its checkpoints hold.
 """
 from contextlib import nullcontext
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl

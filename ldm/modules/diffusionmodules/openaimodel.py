@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.util import (conv_nd, maybe_checkpoint, normalization, timestep_embedding,
-                                               zero_module)
+from ldm.modules.diffusionmodules.util import maybe_checkpoint, normalization, timestep_embedding, zero_module
 
 
 class TimestepEmbedSequential(nn.Sequential):

@@ -44,12 +44,6 @@ def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
 
 
-def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
-    if dims != 2:
-        raise ValueError(f"only 2-D convolutions are used by Stable Diffusion, got dims={dims}")
-    return nn.Conv2d(*args, **kwargs)
-
-
 def maybe_checkpoint(fn, *args, enabled: bool):
     """Gradient checkpointing when enabled and a graph is being recorded; a plain call otherwise."""
     if enabled and torch.is_grad_enabled():
