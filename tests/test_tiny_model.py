@@ -1,0 +1,77 @@
+"""The shipped tiny Fill50K ControlNet (models/tiny_fill50k.*): loads strictly, and its samples follow the hint.
+
+Skipped when the weights file is absent (it is produced by ``python -m training.tiny_recipe``). The hints are the
+first 8 held-out outlines of ``training.eval_fill`` (not hand-picked), sampled with 10 DDIM steps: a few seconds.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "models" / "tiny_fill50k.yaml"
+WEIGHTS = ROOT / "models" / "tiny_fill50k.safetensors"
+
+# What the shipped model reaches on these 8 hints is recorded in models/tiny_fill50k.md; the floor below guards
+# against regressions (a broken loader or sampler scores ~0.15, the IoU of an unrelated blob).
+IOU_FLOOR = 0.45
+ISSUE_TARGET_IOU = 0.8  # issue 6 asks for this; the shipped model does not reach it yet (see the model card)
+
+pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS.name} absent (run training.tiny_recipe)")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from training.eval_fill import load_model
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return load_model(str(CONFIG), str(WEIGHTS))
+
+
+@pytest.fixture(scope="module")
+def scores(tiny_model):
+    from training.eval_fill import evaluate
+
+    return evaluate(tiny_model, n=8, steps=10)
+
+
+def test_weights_are_small_and_complete(tiny_model):
+    from cldm.model import load_checkpoint
+
+    assert WEIGHTS.stat().st_size < 20e6
+    # the full ControlLDM: VAE, text tower, UNet and ControlNet, nothing left at initial values
+    assert load_checkpoint(tiny_model, str(WEIGHTS)).missing == []
+
+
+def test_samples_follow_the_hint(scores):
+    assert scores["iou"] >= IOU_FLOOR, scores
+
+
+@pytest.mark.xfail(reason="issue 6 target not reached by the shipped tiny model (models/tiny_fill50k.md)", strict=False)
+def test_issue_target_iou(scores):
+    assert scores["iou"] >= ISSUE_TARGET_IOU, scores
+
+
+def test_hint_moves_the_circle(tiny_model):
+    """Two different outlines with the same prompt and noise give different images, each closer to its own
+    outline's disc than to the other's."""
+    from training.eval_fill import disc_mask, generate, heldout
+    from training.fill50k import COLORS
+
+    data = heldout(8)
+    a, b = 0, 1
+    images = generate(tiny_model, data.hints[[a, b]], [data.prompts[a]] * 2, [7, 7], steps=10)
+    assert not np.array_equal(images[0], images[1])
+    fg, bg = (np.array(COLORS[name], np.float32) for name in (data.circles[a].color, data.circles[a].background))
+
+    def circle_mask(image):
+        px = image.astype(np.float32)
+        return ((px - fg) ** 2).sum(-1) < ((px - bg) ** 2).sum(-1)
+
+    def iou(pred, truth):
+        return (pred & truth).sum() / max(1, (pred | truth).sum())
+
+    disc_a, disc_b = disc_mask(data.circles[a], 64), disc_mask(data.circles[b], 64)
+    assert iou(circle_mask(images[0]), disc_a) > iou(circle_mask(images[0]), disc_b)
+    assert iou(circle_mask(images[1]), disc_b) > iou(circle_mask(images[1]), disc_a)
