@@ -283,5 +283,6 @@ def test_prompt_joining_and_demo_defaults(tmp_path):
     choice = resolve_model("canny", ckpts=[tmp_path / "absent.pth"], demo_config=config, demo_weights=weights)
     assert choice.demo and "tiny demo model" in choice.banner
     demo = Engine(banner=choice.banner, demo=choice.demo).default_sampling
-    assert demo.added_prompt == demo.negative_prompt == ""
+    assert demo.added_prompt == demo.negative_prompt == "" and demo.scale == 2.0
     assert Engine().default_sampling.added_prompt == "best quality, extremely detailed"
+    assert Engine().default_sampling.scale == 9.0
