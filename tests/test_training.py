@@ -124,3 +124,11 @@ def test_ddp_two_cpu_processes(workspace, tmp_path):
     for rank in (0, 1):
         assert f"rank {rank}/2: trained 2 batches, global step 2" in output
     assert _saved_step(out) == 2
+
+
+def test_keep_checkpoints_keeps_every_step(workspace, tmp_path):
+    out = tmp_path / "keep"
+    main(_argv(workspace, out, "--max-steps", "4", "--ckpt-every", "2", "--log-every", "0", "--keep-checkpoints"))
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step=2.ckpt", "step=4.ckpt"]
+    assert _saved_step(out) == 4

@@ -70,6 +70,8 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--log-ddim-steps", type=int, default=50, help="DDIM steps of the logged samples")
     p.add_argument("--loss-every", type=int, default=50, help="write the loss to the CSV log every N steps")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N optimizer steps")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every step=N.ckpt (default: only the newest), e.g. to evaluate along training")
     return p
 
 
@@ -164,9 +166,11 @@ def _strategy(args: argparse.Namespace) -> str:
 
 
 def build_trainer(args: argparse.Namespace) -> pl.Trainer:
-    # One file on disk: the newest step (also written on an exception or Ctrl-C), last.ckpt links to it.
+    # The newest step (also written on an exception or Ctrl-C), or every one with --keep-checkpoints;
+    # last.ckpt links to the newest.
     checkpoints = StepCheckpoint(dirpath=os.path.join(args.output_dir, "checkpoints"), filename="{step}",
-                                 every_n_train_steps=args.ckpt_every, save_top_k=1, save_last="link",
+                                 every_n_train_steps=args.ckpt_every, save_top_k=-1 if args.keep_checkpoints else 1,
+                                 save_last="link",
                                  save_on_exception=True, enable_version_counter=False)
     images = ImageLogger(args.output_dir, batch_frequency=args.log_every,
                          log_images_kwargs={"ddim_steps": args.log_ddim_steps})
