@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -27,15 +27,26 @@ def create_model(config_path: str, device: Optional[str] = None, **overrides) ->
 
     ``device='meta'`` builds shapes only (for key checks); weights are random-initialised otherwise.
     """
+    with torch.device(device or "cpu"):
+        model = instantiate_from_config(load_model_config(config_path), **overrides)
+    log.info("built %s from %s", type(model).__name__, config_path)
+    return model
+
+
+def create_control_net(config_path: str, device: Optional[str] = None) -> torch.nn.Module:
+    """Only the ControlNet of a ControlLDM config (``control_stage_config``), freshly initialised."""
+    with torch.device(device or "cpu"):
+        return instantiate_from_config(load_model_config(config_path)["params"]["control_stage_config"])
+
+
+def load_model_config(config_path: str) -> dict:
+    """The ``model:`` section of a yaml config, as plain containers."""
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"config file not found: {config_path}")
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     if "model" not in config:
         raise ValueError(f"{config_path}: expected a top-level 'model:' section")
-    with torch.device(device or "cpu"):
-        model = instantiate_from_config(config["model"], **overrides)
-    log.info("built %s from %s", type(model).__name__, config_path)
-    return model
+    return config["model"]
 
 
 def load_state_dict(path: str, location: str = "cpu") -> Dict[str, torch.Tensor]:
@@ -125,15 +136,14 @@ def _examples(keys: Sequence[str], n: int = 5) -> str:
     return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_checkpoint(model: torch.nn.Module, sd_or_path, allow_missing: Sequence[str] = (),
-                    source: Optional[str] = None) -> LoadReport:
-    """Load a state dict (or a file) into ``model``, strictly but for ``KNOWN_DRIFTS`` and the key
-    prefixes in ``allow_missing`` (e.g. ``('control_model.',)`` to start a ControlNet from an SD file).
+def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], allow_missing: Sequence[str] = (),
+                     source: str = "<state dict>") -> LoadReport:
+    """Compare ``sd``'s keys and shapes with ``model``'s (a ``meta`` model is enough) without loading anything.
 
-    Raises ``CheckpointError`` naming the file, the likely family of the file and the mismatched keys.
+    Strict but for ``KNOWN_DRIFTS`` and the key prefixes in ``allow_missing`` (e.g. ``('control_model.',)``
+    to start a ControlNet from an SD file). Raises ``CheckpointError`` naming the file, the likely family of
+    the file and the mismatched keys; otherwise the report's ``missing`` lists the allowed-absent keys.
     """
-    source = source or (sd_or_path if isinstance(sd_or_path, str) else "<state dict>")
-    sd = load_state_dict(sd_or_path) if isinstance(sd_or_path, str) else dict(sd_or_path)
     own = model.state_dict()
     report = LoadReport()
 
@@ -144,14 +154,16 @@ def load_checkpoint(model: torch.nn.Module, sd_or_path, allow_missing: Sequence[
         name = drift(key)
         if name is not None:
             report.tolerated.setdefault(f"{name} in the file, unused", []).append(key)
-            del sd[key]
         else:
             report.unexpected.append(key)
+    missing = []
     for key in [k for k in own if k not in sd]:
         name = drift(key)
         if name is not None:
             report.tolerated.setdefault(f"{name} absent from the file, kept from the config", []).append(key)
-        elif not key.startswith(tuple(allow_missing)):
+        elif key.startswith(tuple(allow_missing)):
+            missing.append(key)
+        else:
             report.missing.append(key)
     mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
                   for k in sd if k in own and sd[k].shape != own[k].shape]
@@ -164,11 +176,19 @@ def load_checkpoint(model: torch.nn.Module, sd_or_path, allow_missing: Sequence[
         if report.unexpected:
             lines.append(f"  {len(report.unexpected)} unexpected keys in the file: {_examples(report.unexpected)}")
         raise CheckpointError("\n".join(lines))
-    sd = {k: v for k, v in sd.items() if k in own}
-    model.load_state_dict(sd, strict=False)
-    allowed_absent = [k for k in own if k not in sd and k.startswith(tuple(allow_missing))]
-    report.missing = allowed_absent
-    if allowed_absent:
-        log.info("%s: %d keys left at their initial values (%s...)", source, len(allowed_absent), allowed_absent[0])
+    report.missing = missing
+    return report
+
+
+def load_checkpoint(model: torch.nn.Module, sd_or_path, allow_missing: Sequence[str] = (),
+                    source: Optional[str] = None) -> LoadReport:
+    """Load a state dict (or a file) into ``model`` after ``check_state_dict`` (same rules and errors)."""
+    source = source or (sd_or_path if isinstance(sd_or_path, str) else "<state dict>")
+    sd = load_state_dict(sd_or_path) if isinstance(sd_or_path, str) else sd_or_path
+    report = check_state_dict(model, sd, allow_missing, source)
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    if report.missing:
+        log.info("%s: %d keys left at their initial values (%s...)", source, len(report.missing), report.missing[0])
     log.info("%s: %s", source, report.summary())
     return report

@@ -12,15 +12,13 @@ Inputs are never modified; outputs are written atomically and never over an exis
 import argparse
 import logging
 import os
-import warnings
 from contextlib import contextmanager
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import OmegaConf
 
-from cldm.model import CheckpointError, create_model, load_checkpoint, load_state_dict, save_state_dict
-from ldm.util import instantiate_from_config
+from cldm.model import (CheckpointError, check_state_dict, create_control_net, create_model, load_state_dict,
+                        save_state_dict)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,9 @@ def unet_counterpart(key: str) -> str:
 
 def _fresh_control_model(config_path: str, seed: int) -> torch.nn.Module:
     """The config's ControlNet with its initial weights (the zero convs zero), built for real."""
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
         torch.manual_seed(seed)
-        return instantiate_from_config(config["model"]["params"]["control_stage_config"])
+        return create_control_net(config_path)
 
 
 def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
@@ -56,7 +53,7 @@ def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
         raise CheckpointError(f"{source} already holds a ControlNet ({CONTROL}* keys); start from a plain "
                               "Stable Diffusion checkpoint")
     target = create_model(config_path, device="meta")
-    _check_fits(target, sd, source)
+    check_state_dict(target, sd, allow_missing=(CONTROL,), source=source)
     wanted = target.state_dict()
     control = _fresh_control_model(config_path, seed)
     control_sd = control.state_dict()
@@ -75,20 +72,6 @@ def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
         elif key in sd:
             out[key] = sd[key].to(meta.dtype)  # as upstream: the output holds the model's dtypes
     return out, fresh
-
-
-def _check_fits(meta_model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """The loader's key/shape check (a meta model only compares; nothing is copied), without its
-    'keys left at initial values' messages, which ``add_control`` reports more precisely."""
-    loader_log = logging.getLogger("cldm.model")
-    level = loader_log.level
-    loader_log.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
-            load_checkpoint(meta_model, sd, allow_missing=(CONTROL,), source=source)
-    finally:
-        loader_log.setLevel(level)
 
 
 def transfer_control(base: Mapping[str, torch.Tensor], control: Mapping[str, torch.Tensor],

@@ -13,13 +13,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from cldm.app.weights import ModelChoice
 from cldm.cldm import ControlInput, ControlNet, control_scales
-from cldm.model import CheckpointError, create_model, load_checkpoint, load_state_dict
+from cldm.model import CheckpointError, create_control_net, create_model, load_checkpoint, load_state_dict
 from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.util import instantiate_from_config
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +77,7 @@ class ControlUnit:
 
 def load_control_net(config_path, ckpt_path) -> ControlNet:
     """The ControlNet stored in a full ControlLDM checkpoint (its `control_model.*` weights)."""
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    net = instantiate_from_config(config["model"]["params"]["control_stage_config"])
+    net = create_control_net(str(config_path))
     prefix = "control_model."
     weights = {k[len(prefix):]: v for k, v in load_state_dict(str(ckpt_path)).items() if k.startswith(prefix)}
     if not weights:
