@@ -56,10 +56,11 @@ def test_issue_target_iou(scores):
 def test_hint_moves_the_circle(tiny_model):
     """Two different outlines with the same prompt and noise give different images, each closer to its own
     outline's disc than to the other's."""
-    from training.eval_fill import disc_mask, generate, heldout
+    from training.eval_fill import disc_mask, generate, heldout, native_size
     from training.fill50k import COLORS
 
-    data = heldout(8)
+    size = native_size(tiny_model)
+    data = heldout(8, size)
     a, b = 0, 1
     images = generate(tiny_model, data.hints[[a, b]], [data.prompts[a]] * 2, [7, 7], steps=10)
     assert not np.array_equal(images[0], images[1])
@@ -72,6 +73,6 @@ def test_hint_moves_the_circle(tiny_model):
     def iou(pred, truth):
         return (pred & truth).sum() / max(1, (pred | truth).sum())
 
-    disc_a, disc_b = disc_mask(data.circles[a], 64), disc_mask(data.circles[b], 64)
+    disc_a, disc_b = disc_mask(data.circles[a], size), disc_mask(data.circles[b], size)
     assert iou(circle_mask(images[0]), disc_a) > iou(circle_mask(images[0]), disc_b)
     assert iou(circle_mask(images[1]), disc_b) > iou(circle_mask(images[1]), disc_a)

@@ -8,7 +8,7 @@ score does not depend on the batch size.
 Metrics, per sample, then averaged:
 
 * IoU: predicted circle = pixels nearer (RGB) to the prompt's circle colour than to its background colour;
-  true circle = the outline's disc (the filled circle the generator draws for that outline).
+  true circle = the outline's disc, as the generator fills it in the target (so the true target scores 1).
 * Colour accuracy: the median colour of the true disc (and of the background), each shrunk by 2 px away from
   the edge, is named by its nearest CSS colour. "fair": correct when that name's colour is within
   ``MIN_COLOR_DISTANCE`` (64, RGB) of the named one, the distance below which the generator treats two
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from training.fill50k import COLORS, MIN_COLOR_DISTANCE, Circle, make_sample
+from training.fill50k import COLORS, MIN_COLOR_DISTANCE, Circle, make_sample, render
 
 HELDOUT_SEED = 1000
 DEFAULT_STEPS = 20
@@ -57,10 +57,17 @@ def heldout(n: int = 100, size: int = 64, seed: int = HELDOUT_SEED) -> HeldOut:
 
 
 def disc_mask(circle: Circle, size: int) -> np.ndarray:
-    """(size, size) bool: the filled circle the generator draws for this outline."""
-    mask = np.zeros((size, size), np.uint8)
-    cv2.circle(mask, (circle.x, circle.y), circle.radius, 1, -1)
-    return mask.astype(bool)
+    """(size, size) bool: the filled circle exactly as the generator draws it in the target, i.e. the target's
+    pixels nearer the circle colour than the background colour. (cv2's anti-aliased fill reaches about half a
+    pixel past ``radius``: a plain ``radius`` disc would score the true target itself at IoU 0.92.)"""
+    _, target = render(circle, size)
+    return _nearer_circle_colour(target, circle)
+
+
+def _nearer_circle_colour(image: np.ndarray, circle: Circle) -> np.ndarray:
+    fg, bg = (np.array(COLORS[name], np.float32) for name in (circle.color, circle.background))
+    px = image.astype(np.float32)
+    return ((px - fg) ** 2).sum(-1) < ((px - bg) ** 2).sum(-1)
 
 
 def nearest_color(rgb: np.ndarray) -> str:
@@ -78,9 +85,7 @@ def _region_color(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def score(image: np.ndarray, circle: Circle) -> Dict[str, float]:
     """Scores of one generated (H, W, 3) uint8 RGB image against the circle its hint shows."""
     size = image.shape[0]
-    fg, bg = (np.array(COLORS[name], np.float32) for name in (circle.color, circle.background))
-    px = image.astype(np.float32)
-    pred = ((px - fg) ** 2).sum(-1) < ((px - bg) ** 2).sum(-1)
+    pred = _nearer_circle_colour(image, circle)
     truth = disc_mask(circle, size)
     union = (pred | truth).sum()
     out = {"iou": float((pred & truth).sum() / union) if union else 1.0}
@@ -135,10 +140,16 @@ def generate(model, hints: Optional[torch.Tensor], prompts: Sequence[str], seeds
     return np.concatenate(out)
 
 
-def evaluate(model, n: int = 100, steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, size: int = 64,
+def native_size(model) -> int:
+    """Image side the model was trained at: its latent side times the VAE's factor 8."""
+    return model.image_size * 8
+
+
+def evaluate(model, n: int = 100, steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, size: Optional[int] = None,
              seed: int = HELDOUT_SEED, batch_size: int = 50, return_images: bool = False):
-    """Mean scores over the first ``n`` held-out hints (see the module docstring)."""
-    data = heldout(n, size, seed)
+    """Mean scores over the first ``n`` held-out hints (see the module docstring), at ``size`` px (default: the
+    model's own)."""
+    data = heldout(n, size or native_size(model), seed)
     was_training = model.training
     model.eval()
     images = generate(model, data.hints, data.prompts, data.seeds, steps, cfg, batch_size)
@@ -148,9 +159,11 @@ def evaluate(model, n: int = 100, steps: int = DEFAULT_STEPS, cfg: float = DEFAU
 
 
 @torch.no_grad()
-def step0_check(model, n: int = 8, steps: int = 10, cfg: float = DEFAULT_CFG, size: int = 64) -> Dict[str, bool]:
+def step0_check(model, n: int = 8, steps: int = 10, cfg: float = DEFAULT_CFG,
+                size: Optional[int] = None) -> Dict[str, bool]:
     """With the zero convolutions still zero, the hint must not change the sample at all: compare samples
     (same noise, same prompts) with the held-out hints, with blank hints, and with no ControlNet at all."""
+    size = size or native_size(model)
     data = heldout(n, size)
     model.eval()
     with_hint = generate(model, data.hints, data.prompts, data.seeds, steps, cfg)
@@ -199,7 +212,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default: %(default)s)")
     parser.add_argument("--cfg", type=float, nargs="+", default=[DEFAULT_CFG],
                         help="classifier-free guidance scale(s) (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=64, help="hint size in px, a multiple of 64 (default: 64)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="hint size in px, a multiple of 64 (default: the model's training size)")
     parser.add_argument("--step0", action="store_true", help="also run the zero-conv bit-identity check")
     parser.add_argument("--grid", help="write a hint / prompt / sample grid PNG here")
     parser.add_argument("--json", help="write the metrics here")
