@@ -197,6 +197,8 @@ def stage_vae(args) -> Dict:
     # The configs of the later stages carry the measured scale factor.
     control = copy.deepcopy(template)
     control["model"]["params"]["scale_factor"] = round(scale_factor, 5)
+    control["model"]["params"]["image_size"] = args.size // 8  # latent side: the VAE downsamples by 8
+    control["model"]["params"]["first_stage_config"]["params"]["ddconfig"]["resolution"] = args.size
     header = "".join(l for l in open(args.template) if l.startswith("#"))
     _write_config(control, os.path.join(args.out, "tiny_fill50k.yaml"), header)
     _write_config(base_config(control), os.path.join(args.out, "tiny_fill50k_base.yaml"),
@@ -387,7 +389,7 @@ def tutorial_train_ready() -> bool:
 def _score(args, model, curve: List[Dict], tag: str, step: int, t0: float) -> Dict:
     """Score ``model`` on ``curve_n`` held-out hints; append the point to ``curve``."""
     from training.eval_fill import evaluate
-    m = evaluate(model, n=args.curve_n, steps=args.eval_steps, cfg=args.cfg)
+    m = evaluate(model, n=args.curve_n, steps=args.eval_steps, cfg=args.cfg, size=args.size)
     point = {"run": tag, "step": step, "batch": args.control_batch, "wall_s": round(time.time() - t0, 1), **m}
     curve.append(point)
     log.info("[%s] step %d IoU %.3f colour %.3f (%.0fs)", tag, step, m["iou"], m["color_acc"], time.time() - t0)
@@ -476,7 +478,7 @@ def stage_control(args) -> Dict:
 
     model = create_model(config)
     load_checkpoint(model, init)
-    step0 = step0_check(model)
+    step0 = step0_check(model, size=args.size)
     log.info("step-0 check (zero convs): %s", step0)
     use_script = tutorial_train_ready() and not args.own_loop
     curve: List[Dict] = []
@@ -501,7 +503,8 @@ def stage_control(args) -> Dict:
     model = create_model(config)
     load_checkpoint(model, final_path)
     model = model.half().float()  # score what is shipped
-    final = {f"cfg_{c:g}": evaluate(model, n=args.final_n, steps=args.eval_steps, cfg=c) for c in args.final_cfgs}
+    final = {f"cfg_{c:g}": evaluate(model, n=args.final_n, steps=args.eval_steps, cfg=c, size=args.size)
+             for c in args.final_cfgs}
     log.info("final: %s", final)
     _save(half_state_dict(model), os.path.join(args.out, "tiny_fill50k.safetensors"))
     plot_curve(os.path.join(args.out, "curve.json"), os.path.join(args.out, "iou_curve.png"), args.cfg)
