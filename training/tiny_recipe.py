@@ -2,12 +2,12 @@
 
     python -m training.tiny_recipe --out runs/tiny_fill50k
 
-1. data:    ``python -m training.fill50k`` (the project's generator), 64 px.
-2. vae:     the config's ``AutoencoderKL`` trained alone (L1 + MSE + a small KL) on 32 px crops that show an
-            edge (it is fully convolutional; crops make a step 4x cheaper), in cosine phases with warm restarts.
-            Its latent std sets ``scale_factor``.
-2b. decoder: optional (off by default) decoder-only fine-tune on the frozen encoder's latents; kept only if it
-            improves full-image PSNR.
+1. data:    ``python -m training.fill50k`` (the project's generator), 128 px.
+2. vae:     the config's ``AutoencoderKL`` trained alone (L1 + MSE + a small KL), in cosine phases with warm
+            restarts: first on 32 px crops that show an edge (it is convolutional, so crops make steps cheap),
+            last on whole images. The whole-image phase matters: GroupNorm statistics of a whole image (mostly
+            one flat colour) differ from those of an edge crop, and a VAE that only saw crops shifts the colours
+            of large flat regions. Its latent std sets ``scale_factor``.
 3. base:    a text-to-image ``LatentDiffusion`` (the ControlLDM config minus the ControlNet) on the targets
             and prompts, text tower trained too, 10% empty prompts so classifier-free guidance works; the
             saved weights are an EMA of the trained ones.
@@ -40,7 +40,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(ROOT, "models", "tiny_fill50k.yaml")
-STAGES = ("data", "vae", "decoder", "base", "control")
+STAGES = ("data", "vae", "base", "control")
 log = logging.getLogger("tiny_recipe")
 
 
@@ -177,11 +177,11 @@ def stage_vae(args) -> Dict:
     images, _ = load_targets(args.data)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr[0], weight_decay=0.0)
     rng = np.random.default_rng(0)
-    crop = args.vae_crop
     history, total = [], 0
     # One or more cosine phases (warm restarts), each of --vae-minutes[i] at peak --vae-lr[i].
-    for minutes, peak in zip(args.vae_minutes, args.vae_lr):
-        total += _vae_phase(args, vae, opt, images, rng, crop, minutes, peak, history, t0, total)
+    phases = _per_phase(args.vae_minutes, args.vae_lr, args.vae_crop, args.vae_batch)
+    for minutes, peak, crop, batch in phases:
+        total += _vae_phase(args, vae, opt, images, rng, crop, batch, minutes, peak, history, t0, total)
     step = total
     vae.eval()
 
@@ -204,16 +204,24 @@ def stage_vae(args) -> Dict:
     _write_config(base_config(control), os.path.join(args.out, "tiny_fill50k_base.yaml"),
                   "# Stage-3 text-to-image base of tiny_fill50k.yaml (written by training/tiny_recipe.py).\n")
     log.info("vae: PSNR %.2f dB on 256 images, scale_factor %.4f", psnr, scale_factor)
-    return _finish(args.out, "vae", t0, init=args.vae_init, steps=step, batch=args.vae_batch, crop=crop, lr=args.vae_lr,
+    return _finish(args.out, "vae", t0, init=args.vae_init, steps=step, phases=phases,
                    kl_weight=args.vae_kl, psnr_db=round(psnr, 2), scale_factor=scale_factor, history=history)
 
 
-def _vae_phase(args, vae, opt, images, rng, crop, minutes, peak, history, t0, offset) -> int:
+def _per_phase(minutes: List[float], *settings: List) -> List[tuple]:
+    """(minutes, lr, crop, batch) of each VAE phase; a setting given once holds for every phase."""
+    for values in settings:
+        if len(values) not in (1, len(minutes)):
+            raise SystemExit(f"VAE phase settings need 1 or {len(minutes)} values, got {values}")
+    return [(m, *(v[i] if len(v) > 1 else v[0] for v in settings)) for i, m in enumerate(minutes)]
+
+
+def _vae_phase(args, vae, opt, images, rng, crop, batch, minutes, peak, history, t0, offset) -> int:
     """One cosine phase of VAE training; returns its step count."""
     budget, step = Budget(args.vae_steps, minutes), 0
     while not budget.done(step):
         _set_lr(opt, lr_at(step, budget.progress(step), peak))
-        x = to_model_images(two_colour_crops(images, args.vae_batch, crop, rng))
+        x = to_model_images(two_colour_crops(images, batch, crop, rng))
         rec, posterior = vae(x)
         rec_loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
         kl = posterior.kl().mean() / x[0].numel()
@@ -226,78 +234,6 @@ def _vae_phase(args, vae, opt, images, rng, crop, minutes, peak, history, t0, of
             log.info("vae %d rec %.4f kl %.3f (%.0fs)", offset + step, rec_loss.item(), kl.item(), time.time() - t0)
         step += 1
     return step
-
-
-# ---------------------------------------------------------------------------------------------- stage 2b
-def stage_decoder(args) -> Dict:
-    if args.decoder_steps <= 0:
-        return _finish(args.out, "decoder", time.time(), skipped=True)
-    """Fine-tune the VAE decoder alone, on the frozen encoder's latents (as Stable Diffusion's ft-MSE VAE): the
-    latent space, hence the diffusion stages, do not change, so this may run beside stage 3. Random 4x4 latent
-    crops, decoded to 32x32 and compared with the matching image crops."""
-    from cldm.model import load_state_dict
-    t0 = time.time()
-    template = _read_config(os.path.join(args.out, "tiny_fill50k.yaml"))
-    vae = build({"model": template["model"]["params"]["first_stage_config"]})
-    vae.load_state_dict(load_state_dict(os.path.join(args.out, "vae.safetensors")))
-    vae.eval().requires_grad_(False)
-    images, _ = load_targets(args.data, args.decoder_count)
-    mean, _ = encode_all(vae, images)
-    psnr_before = _psnr(vae, images[-256:], mean[-256:])
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    vae.decoder.train()
-    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    rng = np.random.default_rng(3)
-    lat, f = mean.shape[-1], images.shape[1] // mean.shape[-1]
-    c = args.vae_crop // f
-    budget, step, history = Budget(args.decoder_steps, args.decoder_minutes), 0, []
-    while not budget.done(step):
-        _set_lr(opt, lr_at(step, budget.progress(step), args.decoder_lr))
-        idx = rng.integers(0, len(images), args.vae_batch)
-        y0, x0 = rng.integers(0, lat - c + 1, 2)
-        z = mean[idx, :, y0:y0 + c, x0:x0 + c]
-        x = to_model_images(images[idx, y0 * f:(y0 + c) * f, x0 * f:(x0 + c) * f])
-        rec = vae.decode(z)
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % args.log_every == 0:
-            history.append({"step": step, "rec": round(loss.item(), 5)})
-            log.info("decoder %d/%d rec %.4f (%.0fs)", step, args.decoder_steps, loss.item(), time.time() - t0)
-        step += 1
-    vae.eval()
-    psnr = _psnr(vae, images[-256:], mean[-256:])
-    log.info("decoder: PSNR %.2f dB on 256 images (%.2f dB before)", psnr, psnr_before)
-    if psnr > psnr_before:  # keep the tuned decoder only if it is better on full images
-        _save({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(args.out, "vae_decoder.safetensors"))
-    return _finish(args.out, "decoder", t0, steps=step, batch=args.vae_batch, lr=args.decoder_lr, count=len(images),
-                   psnr_db=round(psnr, 2), psnr_before_db=round(psnr_before, 2), kept=psnr > psnr_before,
-                   history=history)
-
-
-@torch.no_grad()
-def _psnr(vae, images: np.ndarray, latents: torch.Tensor) -> float:
-    x = to_model_images(images)
-    rec = vae.decode(latents)
-    return float(-10 * torch.log10(((rec.clamp(-1, 1) - x) ** 2).mean() / 4))
-
-
-def _vae_weights(out: str) -> str:
-    """The newest VAE: the decoder-tuned one when stage 2b ran."""
-    tuned = os.path.join(out, "vae_decoder.safetensors")
-    return tuned if os.path.exists(tuned) else os.path.join(out, "vae.safetensors")
-
-
-def _put_vae(path: str, vae_path: str) -> None:
-    """Replace the first_stage_model.* tensors of the checkpoint ``path`` by those of ``vae_path``."""
-    from cldm.model import load_state_dict
-    sd = load_state_dict(path)
-    for key, value in load_state_dict(vae_path).items():
-        sd["first_stage_model." + key] = value.to(sd["first_stage_model." + key].dtype)
-    _save(sd, path)
 
 
 # ---------------------------------------------------------------------------------------------- stage 3
@@ -334,7 +270,7 @@ def stage_base(args) -> Dict:
     config = _read_config(os.path.join(args.out, "tiny_fill50k_base.yaml"))
     torch.manual_seed(0)
     model = build(config)
-    model.first_stage_model.load_state_dict(load_state_dict(_vae_weights(args.out)))
+    model.first_stage_model.load_state_dict(load_state_dict(os.path.join(args.out, "vae.safetensors")))
     images, prompts = load_targets(args.data, args.base_count)  # encoding all 50k would cost minutes
     t_enc = time.time()
     mean, std = encode_all(model.first_stage_model, images)
@@ -467,8 +403,6 @@ def stage_control(args) -> Dict:
     if not os.path.exists(init):
         subprocess.run([sys.executable, "tool_add_control.py", os.path.join(args.out, "base.safetensors"), init,
                         "--config", config], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        if _vae_weights(args.out) != os.path.join(args.out, "vae.safetensors"):
-            _put_vae(init, _vae_weights(args.out))  # stage 2b ran beside stage 3: its decoder is the newer
     init_gauss = os.path.join(args.out, "control_ini_gauss.safetensors")
     if not os.path.exists(init_gauss):
         sd = load_state_dict(init)
@@ -515,7 +449,7 @@ def stage_control(args) -> Dict:
 
 
 # ---------------------------------------------------------------------------------------------- plots
-def plot_curve(curve_path: str, png: str, curve_cfg: float = 5.0) -> None:
+def plot_curve(curve_path: str, png: str, curve_cfg: float = 2.0) -> None:
     """IoU (and colour accuracy) of held-out samples vs ControlNet training step, zero vs Gaussian init."""
     import matplotlib
     matplotlib.use("Agg")
@@ -555,40 +489,36 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 is several times faster than 2 when other jobs share the CPU")
     p.add_argument("--count", type=int, default=50000)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=int, default=128)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--vae-steps", type=int, default=20000, help="step cap per VAE phase")
-    p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--vae-crop", type=int, default=32)
-    p.add_argument("--vae-lr", type=float, nargs="+", default=[3e-3, 1.5e-3], help="peak lr of each VAE phase")
-    p.add_argument("--vae-init", default=None, help="start the VAE from these weights (a second phase)")
-    p.add_argument("--vae-minutes", type=float, nargs="+", default=[14, 14],
+    p.add_argument("--vae-minutes", type=float, nargs="+", default=[15, 20, 12],
                    help="length of each VAE phase (cosine schedule with warm restarts)")
+    p.add_argument("--vae-lr", type=float, nargs="+", default=[3e-3, 1.5e-3, 1e-3], help="peak lr of each VAE phase")
+    p.add_argument("--vae-crop", type=int, nargs="+", default=[32, 32, 128],
+                   help="crop side of each VAE phase; the image size means whole images")
+    p.add_argument("--vae-batch", type=int, nargs="+", default=[16, 24, 8], help="batch of each VAE phase")
+    p.add_argument("--vae-init", default=None, help="start the VAE from these weights (continue an earlier run)")
     p.add_argument("--vae-kl", type=float, default=1e-5, help="KL weight per latent element vs per-pixel losses")
-    p.add_argument("--decoder-steps", type=int, default=0, help="stage 2b steps; 0 (default) skips it: it did "
-                   "not help on the reference run (see the model card)")
-    p.add_argument("--decoder-minutes", type=float, default=18, help="stage 2b length")
-    p.add_argument("--decoder-lr", type=float, default=1e-3)
-    p.add_argument("--decoder-count", type=int, default=12000, help="targets encoded for stage 2b")
-    p.add_argument("--base-steps", type=int, default=4000)
+    p.add_argument("--base-steps", type=int, default=100000, help="step cap (the time budget ends it first)")
     p.add_argument("--base-batch", type=int, default=32)
-    p.add_argument("--base-count", type=int, default=12000, help="targets encoded for the base stage")
+    p.add_argument("--base-count", type=int, default=20000, help="targets encoded for the base stage")
     p.add_argument("--base-lr", type=float, default=1e-3)
-    p.add_argument("--base-minutes", type=float, default=20, help="stop the base stage after this long")
+    p.add_argument("--base-minutes", type=float, default=30, help="stop the base stage after this long")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
-    p.add_argument("--control-steps", type=int, default=6900)
+    p.add_argument("--control-steps", type=int, default=100000, help="step cap (the time budget ends it first)")
     p.add_argument("--ablation-steps", type=int, default=3000, help="Gaussian-init run length; 0 skips it")
     p.add_argument("--control-minutes", type=float, default=45, help="stop the zero-conv run after this long")
     p.add_argument("--ablation-minutes", type=float, default=8, help="stop the Gaussian run after this long")
     p.add_argument("--control-batch", type=int, default=16)
-    p.add_argument("--control-lr", type=float, default=5e-4)
-    p.add_argument("--eval-every", type=int, default=150, help="checkpoint/IoU-curve interval (steps)")
+    p.add_argument("--control-lr", type=float, default=3e-4)
+    p.add_argument("--eval-every", type=int, default=300, help="checkpoint/IoU-curve interval (steps)")
     p.add_argument("--curve-n", type=int, default=24, help="held-out hints per curve point")
     p.add_argument("--eval-steps", type=int, default=20, help="DDIM steps when scoring")
-    p.add_argument("--cfg", type=float, default=5.0, help="guidance scale when scoring")
+    p.add_argument("--cfg", type=float, default=2.0, help="guidance scale of the IoU curve")
     p.add_argument("--final-n", type=int, default=100, help="held-out hints for the final scores")
-    p.add_argument("--final-cfgs", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0, 9.0])
+    p.add_argument("--final-cfgs", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
     p.add_argument("--own-loop", action="store_true", help="train stage 4 with the built-in loop, not tutorial_train.py")
     p.add_argument("--train-extra", nargs=argparse.REMAINDER, default=[], help="more tutorial_train.py flags")
     args = p.parse_args(argv)
@@ -597,7 +527,7 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     args.out = os.path.abspath(args.out)
     args.data = os.path.join(args.out, "fill50k")
-    stage_fns = {"data": stage_data, "vae": stage_vae, "decoder": stage_decoder, "base": stage_base,
+    stage_fns = {"data": stage_data, "vae": stage_vae, "base": stage_base,
                  "control": stage_control}
     for stage in STAGES:
         if stage not in args.stages:
