@@ -13,10 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "models" / "tiny_fill50k.yaml"
 WEIGHTS = ROOT / "models" / "tiny_fill50k.safetensors"
 
-# What the shipped model reaches on these 8 hints is recorded in models/tiny_fill50k.md; the floor below guards
-# against regressions (a broken loader or sampler scores ~0.15, the IoU of an unrelated blob).
-IOU_FLOOR = 0.45
-ISSUE_TARGET_IOU = 0.8  # issue 6 asks for this; the shipped model does not reach it yet (see the model card)
+# Issue 6 asks a test to check IoU >= 0.8 on a few fixed hints; the shipped model scores 0.82 on these 8 (10 DDIM
+# steps, guidance 2; models/tiny_fill50k.md has the 100-hint figures). A broken loader or sampler scores ~0.15.
+ISSUE_TARGET_IOU = 0.8
 
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS.name} absent (run training.tiny_recipe)")
 
@@ -44,12 +43,7 @@ def test_weights_are_small_and_complete(tiny_model):
     assert load_checkpoint(tiny_model, str(WEIGHTS)).missing == []
 
 
-def test_samples_follow_the_hint(scores):
-    assert scores["iou"] >= IOU_FLOOR, scores
-
-
-@pytest.mark.xfail(reason="issue 6 target not reached by the shipped tiny model (models/tiny_fill50k.md)", strict=False)
-def test_issue_target_iou(scores):
+def test_samples_fill_the_outline(scores):
     assert scores["iou"] >= ISSUE_TARGET_IOU, scores
 
 

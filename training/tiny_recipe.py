@@ -270,6 +270,8 @@ def stage_base(args) -> Dict:
     config = _read_config(os.path.join(args.out, "tiny_fill50k_base.yaml"))
     torch.manual_seed(0)
     model = build(config)
+    if args.base_init:  # continue an earlier base (e.g. an eps-prediction one, now trained for v)
+        model.load_state_dict(load_state_dict(args.base_init))
     model.first_stage_model.load_state_dict(load_state_dict(os.path.join(args.out, "vae.safetensors")))
     images, prompts = load_targets(args.data, args.base_count)  # encoding all 50k would cost minutes
     t_enc = time.time()
@@ -300,7 +302,7 @@ def stage_base(args) -> Dict:
     ema.copy_to_params()
     model.eval()
     _save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(args.out, "base.safetensors"))
-    return _finish(args.out, "base", t0, steps=step, batch=args.base_batch, lr=args.base_lr, ema=args.ema,
+    return _finish(args.out, "base", t0, init=args.base_init, steps=step, batch=args.base_batch, lr=args.base_lr, ema=args.ema,
                    prompt_dropout=args.prompt_dropout, history=history)
 
 
@@ -504,6 +506,7 @@ def main(argv=None) -> None:
     p.add_argument("--base-batch", type=int, default=32)
     p.add_argument("--base-count", type=int, default=20000, help="targets encoded for the base stage")
     p.add_argument("--base-lr", type=float, default=1e-3)
+    p.add_argument("--base-init", default=None, help="start the base from these weights (continue an earlier run)")
     p.add_argument("--base-minutes", type=float, default=30, help="stop the base stage after this long")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
