@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm.models.diffusion.ddpm import LatentDiffusion, batched_guidance, guidance
 from ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, UNetModel, UNetSpec
 from ldm.modules.diffusionmodules.util import timestep_embedding, zero_module
 from ldm.util import instantiate_from_config, log_txt_as_img
@@ -206,14 +206,12 @@ class ControlLDM(LatentDiffusion):
             if not use_cfg:
                 return self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
             if batched_cfg:
-                x2, t2 = torch.cat([x, x]), torch.cat([t, t])
-                out = self.controlled_eps(x2, t2, torch.cat([context, u_context]), active,
-                                          control_rows=x.shape[0] if guess_mode else None)
-                e_c, e_u = self.eps_from_output(x2, t2, out).chunk(2)
-            else:
-                e_c = self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
-                e_u = self.eps_from_output(x, t, self.controlled_eps(x, t, u_context, [] if guess_mode else active))
-            return e_u + guidance_scale * (e_c - e_u)
+                both, rows = torch.cat([context, u_context]), x.shape[0] if guess_mode else None
+                return batched_guidance(lambda x2, t2: self.eps_from_output(
+                    x2, t2, self.controlled_eps(x2, t2, both, active, control_rows=rows)), x, t, guidance_scale)
+            e_c = self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
+            e_u = self.eps_from_output(x, t, self.controlled_eps(x, t, u_context, [] if guess_mode else active))
+            return guidance(e_c, e_u, guidance_scale)
 
         return eps_fn
 
