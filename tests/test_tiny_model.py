@@ -50,19 +50,16 @@ def test_samples_fill_the_outline(scores):
 def test_hint_moves_the_circle(tiny_model):
     """Two different outlines with the same prompt and noise give different images, each closer to its own
     outline's disc than to the other's."""
-    from training.eval_fill import disc_mask, generate, heldout, native_size
-    from training.fill50k import COLORS
+    from training.eval_fill import disc_mask, generate, heldout, native_size, nearer_circle_colour
 
     size = native_size(tiny_model)
     data = heldout(8, size)
     a, b = 0, 1
     images = generate(tiny_model, data.hints[[a, b]], [data.prompts[a]] * 2, [7, 7], steps=10)
     assert not np.array_equal(images[0], images[1])
-    fg, bg = (np.array(COLORS[name], np.float32) for name in (data.circles[a].color, data.circles[a].background))
 
-    def circle_mask(image):
-        px = image.astype(np.float32)
-        return ((px - fg) ** 2).sum(-1) < ((px - bg) ** 2).sum(-1)
+    def circle_mask(image):  # in the prompt's colours (circle a's)
+        return nearer_circle_colour(image, data.circles[a])
 
     def iou(pred, truth):
         return (pred & truth).sum() / max(1, (pred | truth).sum())

@@ -61,10 +61,11 @@ def disc_mask(circle: Circle, size: int) -> np.ndarray:
     pixels nearer the circle colour than the background colour. (cv2's anti-aliased fill reaches about half a
     pixel past ``radius``: a plain ``radius`` disc would score the true target itself at IoU 0.92.)"""
     _, target = render(circle, size)
-    return _nearer_circle_colour(target, circle)
+    return nearer_circle_colour(target, circle)
 
 
-def _nearer_circle_colour(image: np.ndarray, circle: Circle) -> np.ndarray:
+def nearer_circle_colour(image: np.ndarray, circle: Circle) -> np.ndarray:
+    """(H, W) bool: pixels of an RGB image nearer the circle's colour than its background colour."""
     fg, bg = (np.array(COLORS[name], np.float32) for name in (circle.color, circle.background))
     px = image.astype(np.float32)
     return ((px - fg) ** 2).sum(-1) < ((px - bg) ** 2).sum(-1)
@@ -85,7 +86,7 @@ def _region_color(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def score(image: np.ndarray, circle: Circle) -> Dict[str, float]:
     """Scores of one generated (H, W, 3) uint8 RGB image against the circle its hint shows."""
     size = image.shape[0]
-    pred = _nearer_circle_colour(image, circle)
+    pred = nearer_circle_colour(image, circle)
     truth = disc_mask(circle, size)
     union = (pred | truth).sum()
     out = {"iou": float((pred & truth).sum() / union) if union else 1.0}

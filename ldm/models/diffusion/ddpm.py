@@ -29,7 +29,6 @@ def _extract(buffer: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     return buffer.gather(0, t).reshape(-1, *([1] * (ndim - 1)))
 
 
-
 def guidance(e_c: torch.Tensor, e_u: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: ``e_u + s (e_c - e_u)``."""
     return e_u + scale * (e_c - e_u)
@@ -41,6 +40,7 @@ def batched_guidance(eps_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     first, then the unconditional rows'. Same maths as two passes, half the calls."""
     e_c, e_u = eps_of(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
     return guidance(e_c, e_u, scale)
+
 
 class DiffusionWrapper(nn.Module):
     """Holds the UNet as ``diffusion_model`` so checkpoint keys read ``model.diffusion_model.*``."""
