@@ -182,7 +182,6 @@ def stage_vae(args) -> Dict:
     phases = _per_phase(args.vae_minutes, args.vae_lr, args.vae_crop, args.vae_batch)
     for minutes, peak, crop, batch in phases:
         total += _vae_phase(args, vae, opt, images, rng, crop, batch, minutes, peak, history, t0, total)
-    step = total
     vae.eval()
 
     # Full-size reconstruction error and latent statistics on held-back images.
@@ -204,7 +203,7 @@ def stage_vae(args) -> Dict:
     _write_config(base_config(control), os.path.join(args.out, "tiny_fill50k_base.yaml"),
                   "# Stage-3 text-to-image base of tiny_fill50k.yaml (written by training/tiny_recipe.py).\n")
     log.info("vae: PSNR %.2f dB on 256 images, scale_factor %.4f", psnr, scale_factor)
-    return _finish(args.out, "vae", t0, init=args.vae_init, steps=step, phases=phases,
+    return _finish(args.out, "vae", t0, init=args.vae_init, steps=total, phases=phases,
                    kl_weight=args.vae_kl, psnr_db=round(psnr, 2), scale_factor=scale_factor, history=history)
 
 
@@ -320,10 +319,6 @@ def gaussian_init(sd: Dict[str, torch.Tensor], seed: int = 0) -> List[str]:
     return changed
 
 
-def tutorial_train_ready() -> bool:
-    return os.path.isfile(os.path.join(ROOT, "tutorial_train.py"))
-
-
 def _score(args, model, curve: List[Dict], tag: str, step: int, t0: float) -> Dict:
     """Score ``model`` on ``curve_n`` held-out hints; append the point to ``curve``."""
     from training.eval_fill import evaluate
@@ -361,41 +356,6 @@ def run_tutorial_train(args, config: str, init: str, run_dir: str, steps: int, c
     return os.path.realpath(last)
 
 
-def own_control_loop(args, config: str, init: str, run_dir: str, steps: int, curve: List[Dict], tag: str,
-                     deadline: float) -> str:
-    """Fallback for ``tutorial_train.py`` (``--own-loop``): the same model with ``sd_locked=True``, its
-    ``configure_optimizers`` and ``shared_step`` loss, on batches of the Fill50K folder."""
-    from cldm.model import create_model, load_checkpoint
-    model = create_model(config, sd_locked=True, learning_rate=args.control_lr)
-    load_checkpoint(model, init)
-    with open(os.path.join(args.data, "prompt.json")) as f:
-        entries = [json.loads(line) for line in f]
-    read = lambda p: cv2.cvtColor(cv2.imread(os.path.join(args.data, p)), cv2.COLOR_BGR2RGB)
-    opt = model.configure_optimizers()
-    rng = np.random.default_rng(2)
-    t0 = time.time()
-    for step in range(steps + 1):
-        if step % args.eval_every == 0 or step == steps or time.time() > deadline:
-            _score(args, model, curve, tag, step, t0)
-        if step == steps or time.time() > deadline:
-            break
-        model.train()
-        idx = rng.integers(0, len(entries), args.control_batch)
-        batch = {"jpg": torch.from_numpy(np.stack([read(entries[i]["target"]) for i in idx])).float() / 127.5 - 1,
-                 "hint": torch.from_numpy(np.stack([read(entries[i]["source"]) for i in idx])).float() / 255.0,
-                 "txt": [entries[i]["prompt"] for i in idx]}
-        loss, _ = model.shared_step(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 25 == 0:
-            log.info("[%s] %d/%d loss %.4f (%.0fs)", tag, step, steps, loss.item(), time.time() - t0)
-    os.makedirs(run_dir, exist_ok=True)
-    last = os.path.join(run_dir, "last.safetensors")
-    _save({k: v.contiguous() for k, v in model.state_dict().items()}, last)
-    return last
-
-
 def stage_control(args) -> Dict:
     from cldm.model import create_model, load_checkpoint, load_state_dict
     from training.eval_fill import evaluate, step0_check
@@ -416,7 +376,6 @@ def stage_control(args) -> Dict:
     load_checkpoint(model, init)
     step0 = step0_check(model, size=args.size)
     log.info("step-0 check (zero convs): %s", step0)
-    use_script = tutorial_train_ready() and not args.own_loop
     curve: List[Dict] = []
     times = {}
     runs = [("zero", init, args.control_steps)]
@@ -428,8 +387,7 @@ def stage_control(args) -> Dict:
         minutes = args.control_minutes if tag == "zero" else args.ablation_minutes
         deadline = t_run + 60 * minutes if minutes else float("inf")
         run_dir = os.path.join(args.out, f"control_{tag}")
-        train = run_tutorial_train if use_script else own_control_loop
-        last = train(args, config, start, run_dir, steps, curve, tag, deadline)
+        last = run_tutorial_train(args, config, start, run_dir, steps, curve, tag, deadline)
         times[tag + "_s"] = round(time.time() - t_run, 1)
         with open(os.path.join(args.out, "curve.json"), "w") as f:
             json.dump(curve, f, indent=1)
@@ -444,7 +402,7 @@ def stage_control(args) -> Dict:
     log.info("final: %s", final)
     _save(half_state_dict(model), os.path.join(args.out, "tiny_fill50k.safetensors"))
     plot_curve(os.path.join(args.out, "curve.json"), os.path.join(args.out, "iou_curve.png"), args.cfg)
-    return _finish(args.out, "control", t0, trainer="tutorial_train.py" if use_script else "own loop (--own-loop)",
+    return _finish(args.out, "control", t0, trainer="tutorial_train.py",
                    steps=args.control_steps, ablation_steps=args.ablation_steps, batch=args.control_batch,
                    lr=args.control_lr, eval_every=args.eval_every, curve_n=args.curve_n, cfg=args.cfg,
                    eval_steps=args.eval_steps, step0=step0, final=final, times=times, final_from=final_path)
@@ -522,7 +480,6 @@ def main(argv=None) -> None:
     p.add_argument("--cfg", type=float, default=2.0, help="guidance scale of the IoU curve")
     p.add_argument("--final-n", type=int, default=100, help="held-out hints for the final scores")
     p.add_argument("--final-cfgs", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
-    p.add_argument("--own-loop", action="store_true", help="train stage 4 with the built-in loop, not tutorial_train.py")
     p.add_argument("--train-extra", nargs=argparse.REMAINDER, default=[], help="more tutorial_train.py flags")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
