@@ -1,22 +1,31 @@
-"""How close one CFG ControlNet step already is to this CPU's fp32 ceiling.
+"""Where one CFG ControlNet step's time goes on this CPU, and the least time its arithmetic can take here.
 
 Counts the floating-point operations of one classifier-free-guided step (the same step as
-``bench.bench_sampling``: SD1.5 + ControlNet, cond and uncond rows as one batch of 2), measures the machine's
-fp32 ceiling as the throughput of a large matrix product (MKL sgemm, the best-tuned kernel torch has here),
-then times our step and reports what fraction of that ceiling it runs at, and the step time it would take at
-the ceiling: a lower bound for any fp32 implementation that does this arithmetic.
+``bench.bench_sampling``: SD1.5 + ControlNet, cond and uncond rows as one batch of 2) by kind (convolutions,
+matrix products, attention), times each kind inside the step with the profiler, and measures the best rate
+this CPU's torch kernels reach for each kind on the model's own shapes in isolation. The work of each kind at
+its best rate, summed, is a lower bound for any fp32 implementation that does this arithmetic with these
+kernels (it leaves out normalisations, activations and copies entirely).
 
-    python -m bench.roofline --threads 2          # full size: ~6 GB RAM, about a minute on 2 cores
+    python -m bench.roofline --threads 2          # full size: ~6 GB RAM, a few minutes on 2 cores
     python -m bench.roofline --config tests/configs/cldm_tiny.yaml --size 64   # smoke run
 """
 import argparse
 import statistics
 import time
+from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from bench.bench_sampling import build
+
+# Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix).
+KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul", "mm": "matmul", "bmm": "matmul",
+         "_scaled_dot_product_flash_attention_for_cpu": "attention"}
 
 
 # torch counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention picks here.
@@ -26,10 +35,30 @@ def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwarg
 
 
 def count_flops(step) -> dict:
+    """GFLOP of one call of ``step`` per kind."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         step()
-    by_op = {str(op).replace("aten.", ""): n for op, n in counter.get_flop_counts()["Global"].items()}
-    return {"total": counter.get_total_flops(), "by_op": by_op}
+    by_kind = defaultdict(float)
+    for op, n in counter.get_flop_counts()["Global"].items():
+        by_kind[KINDS.get(str(op).replace("aten.", ""), "other")] += n / 1e9
+    return dict(by_kind)
+
+
+def seconds_by_kind(step) -> dict:
+    """Seconds of one call of ``step`` spent in each kind's kernels, and in everything else ("other")."""
+    with torch.inference_mode():
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            step()
+            wall = time.perf_counter() - t0
+    by_kind = defaultdict(float)
+    for event in prof.key_averages():
+        kind = KINDS.get(event.key.replace("aten::", ""))
+        if kind:
+            by_kind[kind] += event.self_cpu_time_total / 1e6
+    by_kind["other"] = wall - sum(by_kind.values())
+    return dict(by_kind, total=wall)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -42,11 +71,25 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-@torch.inference_mode()
-def sgemm_ceiling(n: int = 4096, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of an n x n x n matrix product."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
+def best_rates(latent: int, channels: int, heads: int, repeats: int = 5) -> dict:
+    """Best GFLOP/s of each kind on the step's first-level shapes (where most of its work is): a 3x3 conv;
+    the transformer's matrix products (d -> d, d -> 8d, 4d -> d, each as torch's addmm and as the same product
+    run by oneDNN as a 1x1 convolution of a channels-last image), the best of them; self-attention."""
+    tokens = latent * latent
+    x, w = torch.randn(2, channels, latent, latent), torch.randn(channels, channels, 3, 3)
+    q = torch.randn(2, heads, tokens, channels // heads)
+    with torch.inference_mode():
+        conv = _median_seconds(lambda: F.conv2d(x, w, padding=1), repeats)
+        attention = _median_seconds(lambda: F.scaled_dot_product_attention(q, q, q), repeats)
+        matmul = 0.0
+        for k, n in ((channels, channels), (channels, 8 * channels), (4 * channels, channels)):
+            a, b, bias = torch.randn(2 * tokens, k), torch.randn(n, k), torch.randn(n)
+            a_nhwc = a.view(1, 2 * tokens, 1, k).permute(0, 3, 1, 2)  # the same memory as a channels-last image
+            seconds = min(_median_seconds(lambda: F.linear(a, b, bias), repeats),
+                          _median_seconds(lambda: F.conv2d(a_nhwc, b[:, :, None, None], bias), repeats))
+            matmul = max(matmul, 2 * a.shape[0] * k * n / seconds / 1e9)
+    return {"conv": 2 * x.numel() * channels * 9 / conv / 1e9, "matmul": matmul,
+            "attention": 4 * q.numel() * tokens / attention / 1e9}
 
 
 def main():
@@ -59,18 +102,24 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    unet = OmegaConf.load(args.config).model.params.unet_config.params
     step = build(args.config, args.size, "ours")["ours"]
-    flops = count_flops(step)
-    ceiling = sgemm_ceiling()
+    gflop = count_flops(step)
     with torch.inference_mode():
         seconds = _median_seconds(step, args.repeats)
-    achieved = flops["total"] / seconds / 1e9
+    spent = seconds_by_kind(step)
+    best = best_rates(args.size // 8, unet.model_channels, unet.num_heads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, CFG batch 2")
-    print(f"work per step: {flops['total'] / 1e9:.1f} GFLOP (" +
-          ", ".join(f"{op} {n / 1e9:.1f}" for op, n in sorted(flops["by_op"].items(), key=lambda kv: -kv[1])) + ")")
-    print(f"fp32 ceiling (4096^3 sgemm): {ceiling:.0f} GFLOP/s")
-    print(f"our step: {seconds:.2f} s = {achieved:.0f} GFLOP/s = {achieved / ceiling:.0%} of the ceiling")
-    print(f"the same work at the ceiling: {flops['total'] / ceiling / 1e9:.2f} s per step")
+    print(f"our step: {seconds:.2f} s (median of {args.repeats}); profiled step {spent['total']:.2f} s")
+    print(f"{'kind':<10}{'GFLOP':>8}{'s in step':>11}{'GFLOP/s':>9}{'best GFLOP/s':>14}{'s at best':>11}")
+    bound = 0.0
+    for kind in ("conv", "matmul", "attention"):
+        at_best = gflop.get(kind, 0.0) / best[kind]
+        bound += at_best
+        print(f"{kind:<10}{gflop.get(kind, 0.0):>8.0f}{spent.get(kind, 0.0):>11.2f}"
+              f"{gflop.get(kind, 0.0) / max(spent.get(kind, 0.0), 1e-9):>9.0f}{best[kind]:>14.0f}{at_best:>11.2f}")
+    print(f"{'other':<10}{gflop.get('other', 0.0):>8.0f}{spent['other']:>11.2f}   (norms, activations, copies)")
+    print(f"lower bound (each kind at its best rate, nothing else): {bound:.2f} s per step")
 
 
 if __name__ == "__main__":
