@@ -34,12 +34,13 @@ def converted():
     return model, unet.eval(), controlnet.eval(), vae.eval()
 
 
-def test_controlled_eps_matches_diffusers(converted):
+@pytest.mark.parametrize("latent", [8, 16])  # 16: 512 tokens per attention layer at the first level
+def test_controlled_eps_matches_diffusers(converted, latent):
     model, unet, controlnet, _ = converted
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=g)
+    x = torch.randn(2, 4, latent, latent, generator=g)
     t = torch.tensor([3, 801])
-    hint = torch.rand(2, 3, 64, 64, generator=g)
+    hint = torch.rand(2, 3, 8 * latent, 8 * latent, generator=g)
     ctx = torch.randn(2, 77, 32, generator=g)
     with torch.no_grad():
         ours = model.apply_model(x, t, {"c_crossattn": [ctx], "c_concat": [hint]}, control_scales=[0.7] * 13)
