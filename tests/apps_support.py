@@ -67,3 +67,19 @@ def task_kwargs(task: Task, input_image, **overrides) -> dict:
     if "detect_resolution" in values:
         values["detect_resolution"] = DETECT_RESOLUTION
     return {**values, **overrides}
+
+
+def open_advanced_options(page) -> None:
+    """Open the app's "Advanced options" accordion (Playwright page) and wait until its last control shows."""
+    page.get_by_text("Advanced options").click()
+    page.get_by_label("Negative Prompt").wait_for()
+
+
+def set_number(page, label: str, value: str) -> None:
+    """Type ``value`` into a slider's number box and leave it, then check the app kept it: a value typed while
+    the accordion was still mounting was once reset to the default (CI: 1 image instead of 2)."""
+    from playwright.sync_api import expect
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(value)
+    box.press("Tab")
+    expect(box).to_have_value(value)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apps_support import serving, tiny_checkpoint, tiny_engine
+from apps_support import open_advanced_options, serving, set_number, tiny_checkpoint, tiny_engine
 from conftest import TINY_CLDM
 from PIL import Image
 
@@ -80,9 +80,9 @@ def test_canny_app_upload_prompt_two_images(page, shared_dir, tmp_path):
         page.locator("#input_image input[type=file]").set_input_files(str(dog))
         page.locator("#input_image img").first.wait_for()  # uploaded and shown: a Run before that finds no image
         page.locator("#prompt textarea").fill("a dog on the grass")
-        page.get_by_text("Advanced options").click()
-        page.get_by_label("number input for Images").fill("2")
-        page.get_by_label("number input for Steps").fill("3")  # the default 20 only costs time here
+        open_advanced_options(page)
+        set_number(page, "Images", "2")
+        set_number(page, "Steps", "3")  # the default 20 only costs time here
         page.locator("#run").click()
         wait_for_gallery(page, 3, "canny_app")
         assert page.locator("#gallery img").count() == 3
@@ -105,8 +105,8 @@ def test_interactive_scribble_canvas_draw_and_run(page):
             page.mouse.move(cx + 100, cy + dy, steps=4)
             page.mouse.up()
         page.locator("#prompt textarea").fill("two shelves")
-        page.get_by_text("Advanced options").click()
-        page.get_by_label("number input for Steps").fill("3")
+        open_advanced_options(page)
+        set_number(page, "Steps", "3")
         page.locator("#run").click()
         wait_for_gallery(page, 2, "scribble_app")
         scribble = gallery_image(page, url, 0)  # the strokes, shown black on white

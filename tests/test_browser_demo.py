@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from apps_support import free_port
+from apps_support import free_port, open_advanced_options, set_number
 from PIL import Image
 
 from cldm.app.weights import DEMO_WEIGHTS, default_checkpoint
@@ -92,8 +92,8 @@ def test_readme_demo_draws_the_prompted_circle(demo_app_url, tmp_path):
             page.mouse.move(cx + r * np.cos(a), cy + r * np.sin(a))
         page.mouse.up()
         page.locator("#prompt textarea").fill(PROMPT)
-        page.get_by_text("Advanced options").click()
-        page.get_by_label("number input for Seed").fill("7")
+        open_advanced_options(page)
+        set_number(page, "Seed", "7")
         page.locator("#run").click()
         page.locator("#gallery img").nth(1).wait_for()
         page.wait_for_load_state("networkidle")
