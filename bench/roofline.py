@@ -111,8 +111,8 @@ def main():
     best = best_rates(args.size // 8, unet.model_channels, unet.num_heads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, CFG batch 2")
     total = sum(gflop.values())
-    print(f"our step: {seconds:.2f} s (median of {args.repeats}) for {total:.0f} GFLOP = {total / seconds:.0f} GFLOP/s; "
-          f"profiled step {spent['total']:.2f} s")
+    print(f"our step: {seconds:.2f} s (median of {args.repeats}) for {total:.0f} GFLOP = "
+          f"{total / seconds:.0f} GFLOP/s; profiled step {spent['total']:.2f} s")
     print(f"{'kind':<10}{'GFLOP':>8}{'s in step':>11}{'GFLOP/s':>9}{'best GFLOP/s':>14}{'s at best':>11}")
     bound = 0.0
     for kind in ("conv", "matmul", "attention"):

@@ -1,4 +1,5 @@
-"""Helpers shared by the app tests: a tiny model saved as a real checkpoint, in-process serving, call arguments."""
+"""Helpers shared by the app tests: a tiny model saved as a real checkpoint, in-process serving, call arguments,
+and the browser tests' page steps."""
 import atexit
 import contextlib
 import functools
@@ -7,6 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import TINY_CLDM, build_tiny, randomize_zero_convs
 
 from cldm.app.engine import Engine
@@ -83,3 +85,15 @@ def set_number(page, label: str, value: str) -> None:
     box.fill(value)
     box.press("Tab")
     expect(box).to_have_value(value)
+
+
+def wait_for_gallery(page, count: int, screenshot: Path) -> None:
+    """Wait for ``count`` gallery images; on a timeout fail with what the page shows (toasts, images so far) and
+    a screenshot, so that a failure on a busy CI machine can be told apart from an app error."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:
+        page.locator("#gallery img").nth(count - 1).wait_for()
+    except PlaywrightTimeout:
+        page.screenshot(path=str(screenshot), full_page=True)
+        pytest.fail(f"{page.locator('#gallery img').count()} of {count} gallery images before the page timeout; "
+                    f"toasts: {page.locator('.toast-body').all_inner_texts()}; screenshot: {screenshot}")

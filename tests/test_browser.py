@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apps_support import open_advanced_options, serving, set_number, tiny_checkpoint, tiny_engine
+from apps_support import open_advanced_options, serving, set_number, tiny_checkpoint, tiny_engine, wait_for_gallery
 from conftest import TINY_CLDM
 from PIL import Image
 
@@ -51,18 +51,6 @@ def gallery_image(page, url, index) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
 
 
-def wait_for_gallery(page, count: int, name: str) -> None:
-    """Wait for ``count`` gallery images; on a timeout fail with what the page shows (toasts, images so far) and
-    a screenshot, so that a failure on a busy CI machine can be told apart from an app error."""
-    try:
-        page.locator("#gallery img").nth(count - 1).wait_for()
-    except sync_api.TimeoutError:
-        shot = ARTIFACTS / f"{name}_timeout.png"
-        page.screenshot(path=str(shot), full_page=True)
-        pytest.fail(f"{page.locator('#gallery img').count()} of {count} gallery images after {TIMEOUT_MS} ms; "
-                    f"toasts: {page.locator('.toast-body').all_inner_texts()}; screenshot: {shot}")
-
-
 def test_canny_app_upload_prompt_two_images(page, shared_dir, tmp_path):
     """Without control_sd15_canny.pth the (here: tiny test) demo model runs, and the banner says so."""
     dog = shared_dir / "test_imgs" / "dog.png"
@@ -84,7 +72,7 @@ def test_canny_app_upload_prompt_two_images(page, shared_dir, tmp_path):
         set_number(page, "Images", "2")
         set_number(page, "Steps", "3")  # the default 20 only costs time here
         page.locator("#run").click()
-        wait_for_gallery(page, 3, "canny_app")
+        wait_for_gallery(page, 3, ARTIFACTS / "canny_app_timeout.png")
         assert page.locator("#gallery img").count() == 3
         edges = gallery_image(page, url, 0)  # inverted Canny map: black edges on white
         assert edges.min() == 0 and np.median(edges) == 255
@@ -108,7 +96,7 @@ def test_interactive_scribble_canvas_draw_and_run(page):
         open_advanced_options(page)
         set_number(page, "Steps", "3")
         page.locator("#run").click()
-        wait_for_gallery(page, 2, "scribble_app")
+        wait_for_gallery(page, 2, ARTIFACTS / "scribble_app_timeout.png")
         scribble = gallery_image(page, url, 0)  # the strokes, shown black on white
         assert 0 < (scribble < 128).mean() < 0.2
         page.screenshot(path=str(ARTIFACTS / "scribble_interactive_app.png"), full_page=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from apps_support import free_port, open_advanced_options, set_number
+from apps_support import free_port, open_advanced_options, set_number, wait_for_gallery
 from PIL import Image
 
 from cldm.app.weights import DEMO_WEIGHTS, default_checkpoint
@@ -95,7 +95,7 @@ def test_readme_demo_draws_the_prompted_circle(demo_app_url, tmp_path):
         open_advanced_options(page)
         set_number(page, "Seed", "7")
         page.locator("#run").click()
-        page.locator("#gallery img").nth(1).wait_for()
+        wait_for_gallery(page, 2, artifacts / "demo_scribble_circle_timeout.png")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(artifacts / "demo_scribble_circle.png"), full_page=True)
         scribble, sample = gallery_image(page, demo_app_url, 0), gallery_image(page, demo_app_url, 1)

@@ -302,8 +302,8 @@ def stage_base(args) -> Dict:
     ema.copy_to_params()
     model.eval()
     _save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(args.out, "base.safetensors"))
-    return _finish(args.out, "base", t0, init=args.base_init, steps=step, batch=args.base_batch, lr=args.base_lr, ema=args.ema,
-                   prompt_dropout=args.prompt_dropout, history=history)
+    return _finish(args.out, "base", t0, init=args.base_init, steps=step, batch=args.base_batch, lr=args.base_lr,
+                   ema=args.ema, prompt_dropout=args.prompt_dropout, history=history)
 
 
 # ---------------------------------------------------------------------------------------------- stage 4
