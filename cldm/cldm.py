@@ -17,7 +17,7 @@ from torch import nn
 
 from ldm.models.diffusion.ddpm import LatentDiffusion, batched_guidance, guidance
 from ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, UNetModel, UNetSpec
-from ldm.modules.diffusionmodules.util import timestep_embedding, zero_module
+from ldm.modules.diffusionmodules.util import repeat_rows, timestep_embedding, zero_module
 from ldm.util import instantiate_from_config, log_txt_as_img
 
 NUM_CONTROLS = 13  # 12 encoder skips + the middle block
@@ -154,18 +154,18 @@ class ControlLDM(LatentDiffusion):
     def controlled_eps(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                        controls: Sequence[ControlInput], control_rows: Optional[int] = None) -> torch.Tensor:
         """UNet output with the residuals of every ControlNet in ``controls`` added (the paper composes
-        several ControlNets by summing them). ``control_rows=n`` runs the ControlNets on the first n rows
-        only and gives the other rows zero residuals (guess mode's unconditional half)."""
-        n = x.shape[0] if control_rows is None else control_rows
+        several ControlNets by summing them). ``context`` may have a multiple of x's rows (see UNetModel).
+        ``control_rows=n`` runs the ControlNets on the first n context rows only and gives the other rows
+        zero residuals (guess mode's unconditional half)."""
+        rows = context.shape[0]
+        n = rows if control_rows is None else control_rows
         residuals = None
         for control in controls:
             net = control.model if control.model is not None else self.control_model
-            hint = control.hint.to(x.device)
-            if hint.shape[0] != n:  # cond and uncond rows share one hint
-                hint = hint.repeat(n // hint.shape[0], 1, 1, 1)
-            outs = [o * s for o, s in zip(net(x[:n], hint, t[:n], context[:n]), control.scales)]
-            if n < x.shape[0]:
-                outs = [torch.cat([o, o.new_zeros((x.shape[0] - n, *o.shape[1:]))]) for o in outs]
+            hint = repeat_rows(control.hint.to(x.device), x.shape[0])  # cond and uncond rows share one hint
+            outs = [o * s for o, s in zip(net(x, hint, t, context[:n]), control.scales)]
+            if n < rows:
+                outs = [torch.cat([repeat_rows(o, n), o.new_zeros((rows - n, *o.shape[1:]))]) for o in outs]
             residuals = outs if residuals is None else [r + o for r, o in zip(residuals, outs)]
         return self.model.diffusion_model(x, t, context=context, control=residuals,
                                           only_mid_control=self.only_mid_control)
@@ -206,9 +206,9 @@ class ControlLDM(LatentDiffusion):
             if not use_cfg:
                 return self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
             if batched_cfg:
-                both, rows = torch.cat([context, u_context]), x.shape[0] if guess_mode else None
-                return batched_guidance(lambda x2, t2: self.eps_from_output(
-                    x2, t2, self.controlled_eps(x2, t2, both, active, control_rows=rows)), x, t, guidance_scale)
+                both, rows = torch.cat([context, u_context]), context.shape[0] if guess_mode else None
+                return batched_guidance(lambda x, t: self.eps_from_output(
+                    x, t, self.controlled_eps(x, t, both, active, control_rows=rows)), x, t, guidance_scale)
             e_c = self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
             e_u = self.eps_from_output(x, t, self.controlled_eps(x, t, u_context, [] if guess_mode else active))
             return guidance(e_c, e_u, guidance_scale)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cldm.cldm import GUESS_MODE_DECAY, NUM_CONTROLS, ControlInput, control_scales
+from ldm.modules.diffusionmodules.util import repeat_rows
 from tests.conftest import build_tiny, randomize_zero_convs
 
 B, H = 2, 64  # batch, image side (8x8 latents)
@@ -110,10 +111,31 @@ def test_guess_mode_scales_formula():
     assert control_scales(0.7) == [0.7] * 13
 
 
+def test_latents_shared_by_several_contexts_equal_tiled_latents():
+    """x (b rows) under 2b context rows is x tiled twice: the rows only part at the first cross-attention."""
+    model = randomize_zero_convs(build_tiny()).double()
+    x, t, hint, ctx = inputs(model)
+    x, hint, ctx = x.double(), hint.double(), ctx.double()
+    contexts = torch.cat([ctx, model.get_unconditional_conditioning(B).double()])
+    unet, controlnet = model.model.diffusion_model, model.control_model
+    with torch.no_grad():
+        shared = controlnet(x, hint, t, contexts)
+        tiled = controlnet(x.repeat(2, 1, 1, 1), hint.repeat(2, 1, 1, 1), t.repeat(2), contexts)
+        assert shared[0].shape[0] == B and shared[-1].shape[0] == 2 * B  # conv_in + hint ran once per latent
+        assert all(torch.allclose(repeat_rows(r, 2 * B), q, atol=1e-12) for r, q in zip(shared, tiled))
+        got = unet(x, t, contexts, control=shared)
+        expected = unet(x.repeat(2, 1, 1, 1), t.repeat(2), contexts, control=tiled)
+    assert got.shape == (2 * B, 4, H // 8, H // 8) and torch.allclose(got, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="multiple"):
+        unet(x, t, contexts[:3])
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
 @pytest.mark.parametrize("guess_mode", [False, True])
-def test_batched_cfg_equals_two_passes(guess_mode):
+def test_batched_cfg_equals_two_passes(guess_mode, parameterization):
     # float64: in float32 the CPU conv kernels differ with the batch size at the 1e-4 level.
     model = randomize_zero_convs(build_tiny()).double()
+    model.parameterization = parameterization
     x, t, hint, ctx = inputs(model)
     uc = model.get_unconditional_conditioning(B)
     x, hint, ctx, uc = x.double(), hint.double(), ctx.double(), uc.double()
@@ -122,8 +144,8 @@ def test_batched_cfg_equals_two_passes(guess_mode):
     with torch.no_grad():
         batched = model.guided_eps_fn(c, u, 7.5, control_scales=scales)(x, t, 0.0)
         two_pass = model.guided_eps_fn(c, u, 7.5, control_scales=scales, batched_cfg=False)(x, t, 0.0)
-        e_c = model.apply_model(x, t, c, control_scales=scales)
-        e_u = model.apply_model(x, t, u, control_scales=scales)
+        e_c = model.eps_from_output(x, t, model.apply_model(x, t, c, control_scales=scales))
+        e_u = model.eps_from_output(x, t, model.apply_model(x, t, u, control_scales=scales))
     assert torch.allclose(batched, two_pass, atol=1e-10)
     assert torch.allclose(two_pass, e_u + 7.5 * (e_c - e_u), atol=1e-10)
 

@@ -2,6 +2,9 @@
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` only: it picks the fused
 kernel for the device and dtype, and its default scale is upstream's ``dim_head ** -0.5``.
+
+``FeedForward`` runs its 8x-wide hidden layer over a bounded number of tokens at a time, and the linear
+layers are ``TokenLinear`` (see ``ldm.modules.layers``): same maths, same checkpoint keys, faster on CPU.
 """
 from typing import Optional
 
@@ -10,9 +13,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.modules.diffusionmodules.util import maybe_checkpoint, zero_module
+from ldm.modules.diffusionmodules.util import maybe_checkpoint, repeat_rows, zero_module
+from ldm.modules.layers import TokenLinear
 
 
+# Token rows per FeedForward chunk: the (rows, 8 * dim) hidden activations then fit in the CPU's cache
+# (a 64x64 latent's 8192 rows at width 2560 would be 84 MB), and peak memory stays bounded.
+FEED_FORWARD_ROWS = 2048
 class CrossAttention(nn.Module):
     """Multi-head attention of ``x`` (b, n, query_dim) over ``context`` (b, m, context_dim), or itself."""
 
@@ -22,10 +29,10 @@ class CrossAttention(nn.Module):
         inner_dim = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.to_q = TokenLinear(query_dim, inner_dim, bias=False)
+        self.to_k = TokenLinear(context_dim, inner_dim, bias=False)
+        self.to_v = TokenLinear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(TokenLinear(inner_dim, query_dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context
@@ -38,7 +45,7 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = TokenLinear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -46,15 +53,19 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GEGLU MLP with 4x expansion (keys ``net.0.proj``, ``net.2``)."""
+    """GEGLU MLP with 4x expansion (keys ``net.0.proj``, ``net.2``), applied to ``FEED_FORWARD_ROWS``
+    token rows at a time (each row is independent, so the result is the same)."""
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         inner = dim * mult
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim))
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), TokenLinear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= FEED_FORWARD_ROWS:
+            return self.net(x)
+        return torch.cat([self.net(chunk) for chunk in rows.split(FEED_FORWARD_ROWS)]).view(*x.shape[:-1], -1)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -76,6 +87,8 @@ class BasicTransformerBlock(nn.Module):
 
     def _forward(self, x, context):
         x = x + self.attn1(self.norm1(x))
+        if context is not None:  # latents shared by several contexts part here (repeat_rows)
+            x = repeat_rows(x, context.shape[0])
         x = x + self.attn2(self.norm2(x), context=context)
         return x + self.ff(self.norm3(x))
 
@@ -93,8 +106,8 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
         self.use_linear = use_linear
         if use_linear:
-            self.proj_in = nn.Linear(in_channels, inner_dim)
-            self.proj_out = zero_module(nn.Linear(inner_dim, in_channels))
+            self.proj_in = TokenLinear(in_channels, inner_dim)
+            self.proj_out = zero_module(TokenLinear(inner_dim, in_channels))
         else:
             self.proj_in = nn.Conv2d(in_channels, inner_dim, 1)
             self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, 1))
@@ -118,4 +131,4 @@ class SpatialTransformer(nn.Module):
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + residual
+        return x + repeat_rows(residual, x.shape[0])

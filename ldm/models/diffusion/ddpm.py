@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.modules.diffusionmodules.util import linear_beta_schedule
+from ldm.modules.diffusionmodules.util import linear_beta_schedule, repeat_rows
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config, log_txt_as_img
 
@@ -36,9 +36,10 @@ def guidance(e_c: torch.Tensor, e_u: torch.Tensor, scale: float) -> torch.Tensor
 
 def batched_guidance(eps_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t: torch.Tensor,
                      scale: float) -> torch.Tensor:
-    """Guidance from ONE forward pass over ``[x, x]``: ``eps_of(x2, t2)`` returns the conditional rows' eps
-    first, then the unconditional rows'. Same maths as two passes, half the calls."""
-    e_c, e_u = eps_of(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+    """Guidance from ONE forward pass: ``eps_of(x, t)`` evaluates the b latents under the 2b context rows
+    ``[cond; uncond]`` and returns the conditional rows' eps first, then the unconditional rows'. Same maths
+    as two passes, half the calls (and the UNet shares the rows' work up to its first cross-attention)."""
+    e_c, e_u = eps_of(x, t).chunk(2)
     return guidance(e_c, e_u, scale)
 
 
@@ -150,8 +151,9 @@ class LatentDiffusion(pl.LightningModule):
         """The model's output as a noise prediction (identity for eps models, converts v)."""
         if self.parameterization == "eps":
             return output
-        return (_extract(self.sqrt_alphas_cumprod, t, x_t.ndim) * output
-                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t)
+        rows = output.shape[0]  # x_t and t may be shared by several context rows (batched guidance)
+        return (_extract(self.sqrt_alphas_cumprod, repeat_rows(t, rows), x_t.ndim) * output
+                + _extract(self.sqrt_one_minus_alphas_cumprod, repeat_rows(t, rows), x_t.ndim) * repeat_rows(x_t, rows))
 
     # ------------------------------------------------------------------ first stage / text
     def train(self, mode: bool = True):
@@ -277,7 +279,7 @@ class LatentDiffusion(pl.LightningModule):
             if u_context is None or guidance_scale == 1.0:
                 return self.eps_from_output(x, t, self.apply_model(x, t, context))
             both = torch.cat([context, u_context])
-            return batched_guidance(lambda x2, t2: self.eps_from_output(x2, t2, self.apply_model(x2, t2, both)),
+            return batched_guidance(lambda x, t: self.eps_from_output(x, t, self.apply_model(x, t, both)),
                                     x, t, guidance_scale)
 
         return eps_fn

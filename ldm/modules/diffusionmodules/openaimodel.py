@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.util import maybe_checkpoint, normalization, timestep_embedding, zero_module
+from ldm.modules.layers import Conv2d
+from ldm.modules.diffusionmodules.util import (maybe_checkpoint, normalization, repeat_rows, timestep_embedding,
+                                              zero_module)
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -34,7 +36,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+        self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -45,7 +47,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
-        self.op = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -58,11 +60,11 @@ class ResBlock(nn.Module):
                  use_checkpoint: bool = False):
         super().__init__()
         out_channels = out_channels or channels
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
-                                        zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+                                        zero_module(Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
         self.use_checkpoint = use_checkpoint
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -70,7 +72,7 @@ class ResBlock(nn.Module):
 
     def _forward(self, x, emb):
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb).to(h.dtype)[..., None, None]
+        h = h + repeat_rows(self.emb_layers(emb), h.shape[0]).to(h.dtype)[..., None, None]
         return self.skip_connection(x) + self.out_layers(h)
 
 
@@ -137,7 +139,7 @@ class UNetSpec:
         mc = self.model_channels
         time_embed = nn.Sequential(nn.Linear(mc, self.time_embed_dim), nn.SiLU(),
                                    nn.Linear(self.time_embed_dim, self.time_embed_dim))
-        blocks = [TimestepEmbedSequential(nn.Conv2d(self.in_channels, mc, 3, padding=1))]
+        blocks = [TimestepEmbedSequential(Conv2d(self.in_channels, mc, 3, padding=1))]
         skip_channels = [mc]
         ch, ds = mc, 1
         for level, mult in enumerate(self.channel_mult):
@@ -172,12 +174,16 @@ class UNetSpec:
                     layers.append(Upsample(ch, ch))
                     ds //= 2
                 blocks.append(TimestepEmbedSequential(*layers))
-        out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(mc, out_channels, 3, padding=1)))
+        out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(Conv2d(mc, out_channels, 3, padding=1)))
         return nn.ModuleList(blocks), out
 
 
 class UNetModel(nn.Module):
     """Noise predictor eps(x_t, t, context): latents (b, c, h, w), timesteps (b,), text (b, n, context_dim).
+
+    The context may also have k * b rows (classifier-free guidance: the same latents under k prompts): the
+    output then has k * b rows, row j for latent j % b, as if ``x`` and ``t`` had been tiled k times, but the
+    layers before the first cross-attention run on the b latent rows only (``repeat_rows``).
 
     ``control`` (optional) is the ControlNet output: 12 skip residuals then the middle one, added to the
     middle block output and to the skips as the decoder consumes them.
@@ -202,13 +208,15 @@ class UNetModel(nn.Module):
         return self.middle_block(h, emb, context), skips, emb
 
     def decode(self, h, skips, emb, context, control=None, only_mid_control=False):
+        rows = context.shape[0]  # the encoder may have left some activations shared (repeat_rows)
+        h = repeat_rows(h, rows)
         if control is not None:
             control = list(control)
-            h = h + control.pop()
+            h = h + repeat_rows(control.pop(), rows)
         for block in self.output_blocks:
-            skip = skips.pop()
+            skip = repeat_rows(skips.pop(), rows)
             if control is not None and not only_mid_control:
-                skip = skip + control.pop()
+                skip = skip + repeat_rows(control.pop(), rows)
             h = block(torch.cat([h, skip], dim=1), emb, context)
         return self.out(h)
 

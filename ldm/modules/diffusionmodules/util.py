@@ -32,16 +32,33 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 whatever the activation dtype (fp16 statistics overflow)."""
+    """GroupNorm evaluated in at least float32 whatever the activation dtype (fp16 statistics overflow);
+    float64 stays float64."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        weight = None if self.weight is None else self.weight.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.group_norm(x.to(dtype), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
+
+
+def repeat_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` tiled along dim 0 to ``rows`` rows; ``x`` itself when it has them.
+
+    Classifier-free guidance evaluates the same latents under two contexts. The UNet takes those latents
+    once (b rows) with the 2b context rows, and tiles its activations only where the contexts first make
+    the rows differ, the first cross-attention: everything before it (the first convolutions and ResBlock,
+    the first self-attention, the ControlNet's hint encoder) runs once instead of twice.
+    """
+    if x.shape[0] == rows:
+        return x
+    if rows % x.shape[0]:
+        raise ValueError(f"cannot tile {x.shape[0]} rows to {rows}: contexts must be a multiple of the latents")
+    return x.repeat(rows // x.shape[0], *(1,) * (x.ndim - 1))
 
 
 def maybe_checkpoint(fn, *args, enabled: bool):

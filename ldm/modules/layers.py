@@ -1,0 +1,51 @@
+"""Drop-in subclasses of ``nn.Linear`` / ``nn.Conv2d`` (same parameters, same checkpoint keys) that pick the
+faster of torch's CPU kernels for the UNet's float32 shapes. Elsewhere (GPU, half precision, other shapes)
+they are the plain layers. Measurements: ``bench/roofline.py`` and the README's speed section.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Below this many rows MKL's sgemm is as fast as oneDNN and oneDNN's per-call weight reorder shows.
+ONEDNN_MIN_ROWS = 1024
+
+
+class TokenLinear(nn.Linear):
+    """``nn.Linear`` over token rows (same parameters and keys). On CPU in float32, with enough rows, the
+    product runs as oneDNN's 1x1 convolution of the rows viewed as a one-pixel-high channels-last image,
+    which is 10-25 % faster than MKL's sgemm for the UNet's shapes on AVX-512 (bench/roofline.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if x.device.type != "cpu" or x.dtype != torch.float32 or rows < ONEDNN_MIN_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        image = x.reshape(1, 1, rows, x.shape[-1]).permute(0, 3, 1, 2)  # (1, in, 1, rows), channels-last
+        out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
+        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
+
+
+# At most this many output pixels (batch x height x width) a convolution runs as one sgemm over
+# unfolded patches: at the UNet's 8x8 level (2 x 64 pixels, 1280-2560 channels) oneDNN spends about as
+# long re-laying out the 59-118 MB weight as computing with it; sgemm reads it as stored (1.4-1.5x faster
+# there, no faster at 2 x 16 x 16).
+SGEMM_MAX_PIXELS = 128
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d``; on CPU in float32 with few output pixels, an unfold + matrix product."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.groups != 1 or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            return super().forward(x)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if n * out_h * out_w > SGEMM_MAX_PIXELS:
+            return super().forward(x)
+        patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, c*kh*kw, pixels)
+        out = self.weight.view(self.out_channels, -1) @ patches
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.view(n, self.out_channels, out_h, out_w)

@@ -1,0 +1,74 @@
+"""The UNet's CPU fast paths compute the same function as the plain layers they replace."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldm.modules.attention import FEED_FORWARD_ROWS, FeedForward
+from ldm.modules.diffusionmodules.util import GroupNorm32, repeat_rows
+from ldm.modules.layers import ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, Conv2d, TokenLinear
+
+
+@pytest.mark.parametrize("rows", [ONEDNN_MIN_ROWS - 1, ONEDNN_MIN_ROWS + 100])  # MKL path, oneDNN path
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_linear_is_linear_values_and_grads(rows, bias):
+    torch.manual_seed(0)
+    layer = TokenLinear(48, 80, bias=bias)
+    x = torch.randn(2, rows // 2 + 1, 48, requires_grad=True)
+    out = layer(x)
+    expected = F.linear(x, layer.weight, layer.bias)
+    assert out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, layer.weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, layer.weight])
+    assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(grads, expected_grads))
+    assert set(layer.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
+
+
+def test_token_linear_keeps_other_dtypes_on_plain_linear():
+    layer = TokenLinear(16, 8).to(torch.bfloat16)
+    x = torch.randn(ONEDNN_MIN_ROWS * 2, 16, dtype=torch.bfloat16)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("kernel, stride, side", [(3, 1, 8), (3, 2, 16), (1, 1, 8), (3, 1, 7), (3, 1, 32)])
+def test_conv2d_is_conv2d_values_and_grads(kernel, stride, side):
+    """Small outputs (the UNet's 8x8 level) take the unfold + sgemm path; 32x32 stays on oneDNN."""
+    torch.manual_seed(0)
+    conv = Conv2d(24, 40, kernel, stride=stride, padding=kernel // 2)
+    x = torch.randn(2, 24, side, side, requires_grad=True)
+    out = conv(x)
+    expected = F.conv2d(x, conv.weight, conv.bias, stride, kernel // 2)
+    assert (2 * out.shape[2] * out.shape[3] <= SGEMM_MAX_PIXELS) == (side != 32)
+    assert out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, conv.weight, conv.bias])
+    assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(grads, expected_grads))
+
+
+def test_feed_forward_in_row_chunks_equals_whole():
+    torch.manual_seed(0)
+    ff = FeedForward(32)
+    x = torch.randn(3, FEED_FORWARD_ROWS, 32, requires_grad=True)  # 3 chunks
+    out = ff(x)
+    whole = ff.net(x)
+    assert out.shape == x.shape and torch.allclose(out, whole, rtol=1e-5, atol=1e-5)
+    (g,) = torch.autograd.grad(out.sum(), [x])
+    (g_whole,) = torch.autograd.grad(whole.sum(), [x])
+    assert torch.allclose(g, g_whole, rtol=1e-4, atol=1e-5)
+
+
+def test_repeat_rows():
+    x = torch.arange(6.0).view(2, 3)
+    assert repeat_rows(x, 2) is x
+    assert torch.equal(repeat_rows(x, 4), torch.cat([x, x]))
+    with pytest.raises(ValueError, match="multiple"):
+        repeat_rows(x, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_group_norm_runs_in_at_least_float32(dtype):
+    norm = GroupNorm32(4, 8)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64) * 100
+    compute = torch.promote_types(dtype, torch.float32)
+    expected = F.group_norm(x.to(dtype).to(compute), 4, norm.weight.to(compute), norm.bias.to(compute), norm.eps)
+    out = norm(x.to(dtype))
+    assert out.dtype == dtype and torch.equal(out, expected.to(dtype))
