@@ -26,6 +26,7 @@ from cldm.model import create_model
 
 
 def build(config: str, size: int, which: str):
+    """``({name: one CFG step}, our model)`` for ``which`` in "ours", "diffusers", "both"."""
     torch.manual_seed(0)
     model = create_model(config).eval()
     latent = size // 8
@@ -47,9 +48,10 @@ def build(config: str, size: int, which: str):
         unet, controlnet = diffusers_twin(config, sd, latent)
         steps["diffusers"] = lambda: diffusers_step(unet, controlnet, inputs, 9.0)
     if which == "diffusers":
-        del model, sd
+        del sd
+        model = None
         gc.collect()
-    return steps
+    return steps, model
 
 
 def diffusers_step(unet, controlnet, inp, scale):
@@ -105,7 +107,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     if args.only:
-        steps = build(args.config, args.size, args.only)
+        steps, _ = build(args.config, args.size, args.only)
         gc.collect()
         weights = _status_gib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (Linux)
@@ -113,7 +115,7 @@ def main():
         time_steps(steps, args.repeats)
         print(json.dumps({"weights_gib": weights, "peak_gib": _status_gib("VmHWM")}))
         return
-    times = time_steps(build(args.config, args.size, "both"), args.repeats)
+    times = time_steps(build(args.config, args.size, "both")[0], args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, "
           f"CFG batch 2, median of {args.repeats}")
     memory = {} if args.no_memory else {name: peak_memory(args, name) for name in times}

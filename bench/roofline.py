@@ -22,10 +22,13 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from bench.bench_sampling import build
+from ldm.modules.layers import Conv2d, TokenLinear
 
-# Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix).
+# Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix). Two of
+# the model's layers pick their kernel (ldm.modules.layers) and count as what they compute: TokenLinear runs
+# matrix products as oneDNN convolutions, Conv2d runs the 8x8 level's convolutions as (b)addbmm.
 KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul", "mm": "matmul", "bmm": "matmul",
-         "_scaled_dot_product_flash_attention_for_cpu": "attention"}
+         "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention"}
 
 
 # torch counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention picks here.
@@ -34,27 +37,46 @@ def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwarg
     return sdpa_flop_count(query, key, value)  # the formula receives shapes
 
 
-def count_flops(step) -> dict:
-    """GFLOP of one call of ``step`` per kind."""
+def _op_kind(op) -> str:
+    return KINDS.get(str(op).replace("aten.", ""), "other")
+
+
+def count_flops(step, networks) -> dict:
+    """GFLOP of one call of ``step`` per kind; the kernel-picking layers of ``networks`` count by layer type."""
+    layer_kinds = {f"{type(net).__name__}.{path}": "matmul" if isinstance(layer, TokenLinear) else "conv"
+                   for net in networks for path, layer in net.named_modules() if isinstance(layer, (TokenLinear, Conv2d))}
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         step()
+    counts = counter.get_flop_counts()
     by_kind = defaultdict(float)
-    for op, n in counter.get_flop_counts()["Global"].items():
-        by_kind[KINDS.get(str(op).replace("aten.", ""), "other")] += n / 1e9
+    for op, n in counts["Global"].items():
+        by_kind[_op_kind(op)] += n / 1e9
+    for name, kind in layer_kinds.items():  # move those layers' work to the kind they compute
+        for op, n in counts.get(name, {}).items():
+            by_kind[_op_kind(op)] -= n / 1e9
+            by_kind[kind] += n / 1e9
     return dict(by_kind)
+
+
+def _event_kind(event):
+    """Kind of a profiler event (grouped by input shape): TokenLinear's convolutions are (1, c, 1, rows)."""
+    kind = KINDS.get(event.key.replace("aten::", ""))
+    if kind == "conv" and event.key == "aten::mkldnn_convolution" and event.input_shapes[0][2] == 1:
+        return "matmul"
+    return kind
 
 
 def seconds_by_kind(step) -> dict:
     """Seconds of one call of ``step`` spent in each kind's kernels, and in everything else ("other")."""
     with torch.inference_mode():
         step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             t0 = time.perf_counter()
             step()
             wall = time.perf_counter() - t0
     by_kind = defaultdict(float)
-    for event in prof.key_averages():
-        kind = KINDS.get(event.key.replace("aten::", ""))
+    for event in prof.key_averages(group_by_input_shape=True):
+        kind = _event_kind(event)
         if kind:
             by_kind[kind] += event.self_cpu_time_total / 1e6
     by_kind["other"] = wall - sum(by_kind.values())
@@ -103,8 +125,9 @@ def main():
         torch.set_num_threads(args.threads)
 
     unet = OmegaConf.load(args.config).model.params.unet_config.params
-    step = build(args.config, args.size, "ours")["ours"]
-    gflop = count_flops(step)
+    steps, model = build(args.config, args.size, "ours")
+    step = steps["ours"]
+    gflop = count_flops(step, (model.control_model, model.model.diffusion_model))
     with torch.inference_mode():
         seconds = _median_seconds(step, args.repeats)
     spent = seconds_by_kind(step)
@@ -122,6 +145,8 @@ def main():
               f"{gflop.get(kind, 0.0) / max(spent.get(kind, 0.0), 1e-9):>9.0f}{best[kind]:>14.0f}{at_best:>11.2f}")
     print(f"{'other':<10}{gflop.get('other', 0.0):>8.0f}{spent['other']:>11.2f}   (norms, activations, copies)")
     print(f"lower bound (each kind at its best rate, nothing else): {bound:.2f} s per step")
+    peak = max(best.values())
+    print(f"all {total:.0f} GFLOP at the best rate of any kernel ({peak:.0f} GFLOP/s): {total / peak:.2f} s per step")
 
 
 if __name__ == "__main__":

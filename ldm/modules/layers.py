@@ -45,7 +45,9 @@ class Conv2d(nn.Conv2d):
         if n * out_h * out_w > SGEMM_MAX_PIXELS:
             return super().forward(x)
         patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, c*kh*kw, pixels)
-        out = self.weight.view(self.out_channels, -1) @ patches
-        if self.bias is not None:
-            out = out + self.bias[:, None]
+        weight = self.weight.view(1, self.out_channels, -1).expand(n, -1, -1)
+        if self.bias is None:
+            out = torch.bmm(weight, patches)
+        else:
+            out = torch.baddbmm(self.bias.view(1, -1, 1).expand(n, -1, patches.shape[-1]), weight, patches)
         return out.view(n, self.out_channels, out_h, out_w)
