@@ -44,7 +44,8 @@ def _op_kind(op) -> str:
 def count_flops(step, networks) -> dict:
     """GFLOP of one call of ``step`` per kind; the kernel-picking layers of ``networks`` count by layer type."""
     layer_kinds = {f"{type(net).__name__}.{path}": "matmul" if isinstance(layer, TokenLinear) else "conv"
-                   for net in networks for path, layer in net.named_modules() if isinstance(layer, (TokenLinear, Conv2d))}
+                   for net in networks for path, layer in net.named_modules()
+                   if isinstance(layer, (TokenLinear, Conv2d))}
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         step()
     counts = counter.get_flop_counts()

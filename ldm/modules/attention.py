@@ -16,10 +16,11 @@ from torch import nn
 from ldm.modules.diffusionmodules.util import maybe_checkpoint, repeat_rows, zero_module
 from ldm.modules.layers import TokenLinear
 
-
 # Token rows per FeedForward chunk: the (rows, 8 * dim) hidden activations then fit in the CPU's cache
 # (a 64x64 latent's 8192 rows at width 2560 would be 84 MB), and peak memory stays bounded.
 FEED_FORWARD_ROWS = 2048
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention of ``x`` (b, n, query_dim) over ``context`` (b, m, context_dim), or itself."""
 

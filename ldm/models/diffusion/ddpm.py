@@ -152,8 +152,9 @@ class LatentDiffusion(pl.LightningModule):
         if self.parameterization == "eps":
             return output
         rows = output.shape[0]  # x_t and t may be shared by several context rows (batched guidance)
-        return (_extract(self.sqrt_alphas_cumprod, repeat_rows(t, rows), x_t.ndim) * output
-                + _extract(self.sqrt_one_minus_alphas_cumprod, repeat_rows(t, rows), x_t.ndim) * repeat_rows(x_t, rows))
+        t, x_t = repeat_rows(t, rows), repeat_rows(x_t, rows)
+        return (_extract(self.sqrt_alphas_cumprod, t, x_t.ndim) * output
+                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t)
 
     # ------------------------------------------------------------------ first stage / text
     def train(self, mode: bool = True):
