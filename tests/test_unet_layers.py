@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from ldm.modules.attention import FEED_FORWARD_ROWS, FeedForward
 from ldm.modules.diffusionmodules.util import GroupNorm32, repeat_rows
-from ldm.modules.layers import ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, Conv2d, TokenLinear
+from ldm.modules.layers import (ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, UPSAMPLE_PHASES_MIN_PIXELS, Conv2d, TokenLinear,
+                                upsample_conv3x3)
 
 
 @pytest.mark.parametrize("rows", [ONEDNN_MIN_ROWS - 1, ONEDNN_MIN_ROWS + 100])  # MKL path, oneDNN path
@@ -42,6 +43,21 @@ def test_conv2d_is_conv2d_values_and_grads(kernel, stride, side):
     grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
     expected_grads = torch.autograd.grad(expected.square().sum(), [x, conv.weight, conv.bias])
     assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(grads, expected_grads))
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (16, 20), (8, 8)])  # four 2x2 convolutions; plain below 256 pixels
+def test_upsample_conv3x3_is_upsample_then_conv_values_and_grads(h, w):
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, h, w, requires_grad=True)
+    weight = torch.randn(20, 12, 3, 3, requires_grad=True)
+    bias = torch.randn(20, requires_grad=True)
+    assert (h * w >= UPSAMPLE_PHASES_MIN_PIXELS) == (h == 16)
+    out = upsample_conv3x3(x, weight, bias)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+    assert out.shape == (2, 20, 2 * h, 2 * w) and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, weight, bias])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, weight, bias])
+    assert all((g - e).abs().max() <= 1e-5 * e.abs().max() for g, e in zip(grads, expected_grads))
 
 
 def test_feed_forward_in_row_chunks_equals_whole():

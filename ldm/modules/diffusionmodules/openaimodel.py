@@ -8,11 +8,10 @@ key-compatible (``tool_add_control.py`` copies UNet encoder weights into the Con
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.layers import Conv2d
+from ldm.modules.layers import Conv2d, upsample_conv3x3
 from ldm.modules.diffusionmodules.util import (maybe_checkpoint, normalization, repeat_rows, timestep_embedding,
                                               zero_module)
 
@@ -32,14 +31,14 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class Upsample(nn.Module):
-    """Nearest x2, then a 3x3 conv."""
+    """Nearest x2, then a 3x3 conv (computed as one, see ``upsample_conv3x3``)."""
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
         self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return upsample_conv3x3(x, self.conv.weight, self.conv.bias)
 
 
 class Downsample(nn.Module):
