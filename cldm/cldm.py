@@ -35,7 +35,10 @@ def control_scales(strength: float = 1.0, guess_mode: bool = False) -> List[floa
 
 
 class ControlNet(nn.Module):
-    """(x (b, 4, h, w), hint (b, 3, 8h, 8w) in [0, 1], t (b,), context) -> 13 residuals, shallow to deep."""
+    """(x (b, 4, h, w), hint (b, 3, 8h, 8w) in [0, 1], t (b,), context) -> 13 residuals, shallow to deep.
+
+    As in UNetModel, the context may have k * b rows; residuals from before the first cross-attention then
+    keep b rows (the UNet tiles them)."""
 
     def __init__(self, hint_channels: int, **spec):
         super().__init__()

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.layers import Conv2d, upsample_conv3x3
 from ldm.modules.diffusionmodules.util import (maybe_checkpoint, normalization, repeat_rows, timestep_embedding,
                                               zero_module)
+from ldm.modules.layers import Conv2d, upsample_conv3x3
 
 
 class TimestepEmbedSequential(nn.Sequential):
