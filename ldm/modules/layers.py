@@ -7,14 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Below this many rows MKL's sgemm is as fast as oneDNN and oneDNN's per-call weight reorder shows.
-ONEDNN_MIN_ROWS = 1024
+# Below this many rows oneDNN's per-call weight re-layout costs more than its faster kernel saves (measured
+# with the weights out of cache, as in a UNet step: at the 16x16 level's 512 rows oneDNN is still up to 1.3x
+# faster, at the 8x8 level's 128 rows up to 1.25x slower).
+ONEDNN_MIN_ROWS = 512
 
 
 class TokenLinear(nn.Linear):
     """``nn.Linear`` over token rows (same parameters and keys). On CPU in float32, with enough rows, the
     product runs as oneDNN's 1x1 convolution of the rows viewed as a one-pixel-high channels-last image,
-    which is 10-25 % faster than MKL's sgemm for the UNet's shapes on AVX-512 (bench/roofline.py)."""
+    which is up to 1.4x faster than MKL's sgemm for the UNet's shapes on AVX-512 (bench/roofline.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
