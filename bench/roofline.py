@@ -61,10 +61,9 @@ def count_flops(step, networks) -> dict:
 
 def _event_kind(event):
     """Kind of a profiler event (grouped by input shape): TokenLinear's convolutions are (1, c, 1, rows)."""
-    kind = KINDS.get(event.key.replace("aten::", ""))
-    if kind == "conv" and event.key == "aten::mkldnn_convolution" and event.input_shapes[0][2] == 1:
+    if event.key == "aten::mkldnn_convolution" and event.input_shapes[0][2] == 1:
         return "matmul"
-    return kind
+    return KINDS.get(event.key.replace("aten::", ""))
 
 
 def seconds_by_kind(step) -> dict:
