@@ -7,6 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
+def _cpu_float32(x: torch.Tensor) -> bool:
+    """Where the measurements behind this module's choices were made; elsewhere the plain ops run."""
+    return x.device.type == "cpu" and x.dtype == torch.float32
+
+
 # Below this many rows oneDNN's per-call weight re-layout costs more than its faster kernel saves (measured
 # with the weights out of cache, as in a UNet step: at the 16x16 level's 512 rows oneDNN is still up to 1.3x
 # faster, at the 8x8 level's 128 rows up to 1.25x slower).
@@ -20,7 +26,7 @@ class TokenLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if x.device.type != "cpu" or x.dtype != torch.float32 or rows < ONEDNN_MIN_ROWS:
+        if not _cpu_float32(x) or rows < ONEDNN_MIN_ROWS:
             return F.linear(x, self.weight, self.bias)
         image = x.reshape(1, 1, rows, x.shape[-1]).permute(0, 3, 1, 2)  # (1, in, 1, rows), channels-last
         out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
@@ -38,8 +44,7 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d``; on CPU in float32 with few output pixels, an unfold + matrix product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.groups != 1 or self.padding_mode != "zeros"
-                or isinstance(self.padding, str)):
+        if not _cpu_float32(x) or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super().forward(x)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
@@ -74,7 +79,7 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     upsampling: each of the four output phases (row and column parity) is a 2x2 convolution of ``x``
     whose taps are the 3x3 taps summed over the input pixel they land on: 16 multiply-adds per output
     pixel and channel pair instead of 36."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[2] * x.shape[3] < UPSAMPLE_PHASES_MIN_PIXELS:
+    if not _cpu_float32(x) or x.shape[2] * x.shape[3] < UPSAMPLE_PHASES_MIN_PIXELS:
         return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
     n, _, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1))

@@ -35,7 +35,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
-        self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)  # holds the weights only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upsample_conv3x3(x, self.conv.weight, self.conv.bias)
