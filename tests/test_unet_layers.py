@@ -5,8 +5,9 @@ import torch.nn.functional as F
 
 from ldm.modules.attention import FEED_FORWARD_ROWS, FeedForward
 from ldm.modules.diffusionmodules.util import GroupNorm32, repeat_rows
+from ldm.modules import layers
 from ldm.modules.layers import (ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, UPSAMPLE_PHASES_MIN_PIXELS, Conv2d, TokenLinear,
-                                upsample_conv3x3)
+                                onednn_conv2d, upsample_conv3x3)
 
 
 @pytest.mark.parametrize("rows", [ONEDNN_MIN_ROWS - 1, ONEDNN_MIN_ROWS + 100])  # MKL path, oneDNN path
@@ -43,6 +44,32 @@ def test_conv2d_is_conv2d_values_and_grads(kernel, stride, side):
     grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
     expected_grads = torch.autograd.grad(expected.square().sum(), [x, conv.weight, conv.bias])
     assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(grads, expected_grads))
+
+
+def test_weight_slices_keep_16_channel_blocks():
+    mib = 2**20
+    assert layers._weight_slices(torch.empty(1280, 1280, 3, 3)) == 4  # 59 MB -> 4 x 14.7 MB
+    assert layers._weight_slices(torch.empty(1280, 2560, 3, 3)) == 8
+    assert layers._weight_slices(torch.empty(320, 320, 3, 3)) == 1
+    assert layers._weight_slices(torch.empty(48, 4 * mib // 48)) == 1  # 48 channels split into 16-blocks: no
+    assert layers._weight_slices(torch.empty(10240, 1280)) == 4
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_conv2d_in_slices_is_conv2d_values_and_grads(monkeypatch, bias):
+    monkeypatch.setattr(layers, "ONEDNN_WEIGHT_SLICE_BYTES", 64 * 24 * 9 * 4 // 4)  # 4 slices of 16 channels
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 10, 10, requires_grad=True)
+    weight = torch.randn(64, 24, 3, 3, requires_grad=True)
+    b = torch.randn(64, requires_grad=True) if bias else None
+    assert layers._weight_slices(weight) == 4
+    out = onednn_conv2d(x, weight, b, stride=2, padding=1)
+    expected = F.conv2d(x, weight, b, stride=2, padding=1)
+    assert out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    wrt = [x, weight] + ([b] if bias else [])
+    grads = torch.autograd.grad(out.square().sum(), wrt)
+    expected_grads = torch.autograd.grad(expected.square().sum(), wrt)
+    assert all((g - e).abs().max() <= 1e-5 * e.abs().max() for g, e in zip(grads, expected_grads))
 
 
 @pytest.mark.parametrize("h, w", [(16, 16), (16, 20), (8, 8)])  # four 2x2 convolutions; plain below 256 pixels

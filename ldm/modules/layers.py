@@ -13,6 +13,32 @@ def _cpu_float32(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32
 
 
+# oneDNN re-lays out a plain float32 weight into its blocked format on every call, into a new buffer. glibc
+# serves blocks above 32 MiB (its highest dynamic mmap threshold) as fresh mappings that the kernel faults in
+# and zeroes page by page, on every call: at the UNet's 16x16 level (59-118 MB weights, 2 x 256 pixels) that
+# took a fifth of each convolution. Larger weights run in output-channel slices, whose buffers glibc recycles.
+ONEDNN_WEIGHT_SLICE_BYTES = 16 * 2**20
+
+
+def _weight_slices(weight: torch.Tensor) -> int:
+    """The fewest output-channel slices (a power of two) that bring each slice of ``weight`` within
+    ``ONEDNN_WEIGHT_SLICE_BYTES``, keeping slices whole multiples of oneDNN's 16-channel blocks."""
+    slices = 1
+    while (weight.numel() * weight.element_size() > slices * ONEDNN_WEIGHT_SLICE_BYTES
+           and weight.shape[0] % (32 * slices) == 0):
+        slices *= 2
+    return slices
+
+
+def onednn_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0) -> torch.Tensor:
+    """``F.conv2d``; on CPU in float32 with a large weight, in output-channel slices (see above)."""
+    slices = _weight_slices(weight) if _cpu_float32(x) else 1
+    if slices == 1:
+        return F.conv2d(x, weight, bias, stride, padding)
+    biases = [None] * slices if bias is None else bias.chunk(slices)
+    return torch.cat([F.conv2d(x, w, b, stride, padding) for w, b in zip(weight.chunk(slices), biases)], dim=1)
+
+
 # Below this many rows oneDNN's per-call weight re-layout costs more than its faster kernel saves (measured
 # with the weights out of cache, as in a UNet step: at the 16x16 level's 512 rows oneDNN is still up to 1.3x
 # faster, at the 8x8 level's 128 rows up to 1.25x slower).
@@ -29,7 +55,7 @@ class TokenLinear(nn.Linear):
         if not _cpu_float32(x) or rows < ONEDNN_MIN_ROWS:
             return F.linear(x, self.weight, self.bias)
         image = x.reshape(1, 1, rows, x.shape[-1]).permute(0, 3, 1, 2)  # (1, in, 1, rows), channels-last
-        out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
+        out = onednn_conv2d(image, self.weight[:, :, None, None], self.bias)
         return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
 
 
@@ -44,14 +70,15 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d``; on CPU in float32 with few output pixels, an unfold + matrix product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _cpu_float32(x) or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if (not _cpu_float32(x) or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or self.dilation != (1, 1)):
             return super().forward(x)
         n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h = (h + 2 * ph - kh) // sh + 1
+        out_w = (w + 2 * pw - kw) // sw + 1
         if n * out_h * out_w > SGEMM_MAX_PIXELS:
-            return super().forward(x)
+            return onednn_conv2d(x, self.weight, self.bias, self.stride, self.padding)
         patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, c*kh*kw, pixels)
         weight = self.weight.view(1, self.out_channels, -1).expand(n, -1, -1)
         if self.bias is None:
@@ -80,12 +107,12 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     whose taps are the 3x3 taps summed over the input pixel they land on: 16 multiply-adds per output
     pixel and channel pair instead of 36."""
     if not _cpu_float32(x) or x.shape[2] * x.shape[3] < UPSAMPLE_PHASES_MIN_PIXELS:
-        return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+        return onednn_conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
     n, _, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1))
     out = x.new_empty(n, weight.shape[0], h, 2, w, 2)
     for row_parity, rows in enumerate(_tap_pairs(weight, 2)):
         for col_parity, kernel in enumerate(_tap_pairs(rows, 3)):
             window = padded[:, :, row_parity:row_parity + h + 1, col_parity:col_parity + w + 1]
-            out[:, :, :, row_parity, :, col_parity] = F.conv2d(window, kernel, bias)
+            out[:, :, :, row_parity, :, col_parity] = onednn_conv2d(window, kernel, bias)
     return out.view(n, -1, 2 * h, 2 * w)
