@@ -61,11 +61,17 @@ class ControlNet(nn.Module):
     def _zero_conv(channels: int) -> TimestepEmbedSequential:
         return TimestepEmbedSequential(zero_module(nn.Conv2d(channels, channels, 1)))
 
-    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
-                context: torch.Tensor) -> List[torch.Tensor]:
+    def encode_hint(self, hint: torch.Tensor) -> torch.Tensor:
+        """The condition image at latent resolution with ``model_channels`` channels, as it joins the latents.
+        It depends on the image alone, so a sampler may compute it once for all its steps."""
+        return self.input_hint_block(hint.to(self.time_embed[0].weight.dtype), None)
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                encoded_hint: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """``encoded_hint``: ``encode_hint(hint)`` computed earlier, which then replaces ``hint``."""
         t_emb = timestep_embedding(timesteps, self.model_channels).to(self.time_embed[0].weight.dtype)
         emb = self.time_embed(t_emb)
-        guided_hint = self.input_hint_block(hint.to(emb.dtype), emb, context)
+        guided_hint = self.encode_hint(hint) if encoded_hint is None else encoded_hint
         h = x.to(emb.dtype)
         outs = []
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
@@ -155,18 +161,26 @@ class ControlLDM(LatentDiffusion):
         return z, {"c_crossattn": [c], "c_concat": [hint]}
 
     def controlled_eps(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                       controls: Sequence[ControlInput], control_rows: Optional[int] = None) -> torch.Tensor:
+                       controls: Sequence[ControlInput], control_rows: Optional[int] = None,
+                       encoded_hints: Optional[Dict[int, torch.Tensor]] = None) -> torch.Tensor:
         """UNet output with the residuals of every ControlNet in ``controls`` added (the paper composes
         several ControlNets by summing them). ``context`` may have a multiple of x's rows (see UNetModel).
         ``control_rows=n`` runs the ControlNets on the first n context rows only and gives the other rows
-        zero residuals (guess mode's unconditional half)."""
+        zero residuals (guess mode's unconditional half). ``encoded_hints``, a dict kept across the calls
+        of one sampling run, holds each control's encoded hint (``ControlNet.encode_hint``) after its first
+        use."""
         rows = context.shape[0]
         n = rows if control_rows is None else control_rows
         residuals = None
         for control in controls:
             net = control.model if control.model is not None else self.control_model
             hint = repeat_rows(control.hint.to(x.device), x.shape[0])  # cond and uncond rows share one hint
-            outs = [o * s for o, s in zip(net(x, hint, t, context[:n]), control.scales)]
+            encoded = None
+            if encoded_hints is not None:
+                encoded = encoded_hints.get(id(control))
+                if encoded is None:
+                    encoded = encoded_hints[id(control)] = net.encode_hint(hint)
+            outs = [o * s for o, s in zip(net(x, hint, t, context[:n], encoded), control.scales)]
             if n < rows:
                 outs = [torch.cat([repeat_rows(o, n), o.new_zeros((rows - n, *o.shape[1:]))]) for o in outs]
             residuals = outs if residuals is None else [r + o for r, o in zip(residuals, outs)]
@@ -204,16 +218,20 @@ class ControlLDM(LatentDiffusion):
             u_context = torch.cat(uncond["c_crossattn"], 1)
             guess_mode = guess_mode or ("c_concat" in uncond and uncond["c_concat"] is None)
 
+        encoded_hints = {}  # the hints' encodings, computed at the first step (see controlled_eps)
+
         def eps_fn(x: torch.Tensor, t: torch.Tensor, progress: float) -> torch.Tensor:
             active = [c for c in controls if c.active(progress)]
+            cache = None if torch.is_grad_enabled() else encoded_hints  # a graph must reach the hint encoder
             if not use_cfg:
-                return self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
+                return self.eps_from_output(x, t, self.controlled_eps(x, t, context, active, encoded_hints=cache))
             if batched_cfg:
                 both, rows = torch.cat([context, u_context]), context.shape[0] if guess_mode else None
                 return batched_guidance(lambda x, t: self.eps_from_output(
-                    x, t, self.controlled_eps(x, t, both, active, control_rows=rows)), x, t, guidance_scale)
-            e_c = self.eps_from_output(x, t, self.controlled_eps(x, t, context, active))
-            e_u = self.eps_from_output(x, t, self.controlled_eps(x, t, u_context, [] if guess_mode else active))
+                    x, t, self.controlled_eps(x, t, both, active, rows, cache)), x, t, guidance_scale)
+            e_c = self.eps_from_output(x, t, self.controlled_eps(x, t, context, active, encoded_hints=cache))
+            e_u = self.eps_from_output(x, t, self.controlled_eps(x, t, u_context, [] if guess_mode else active,
+                                                                 encoded_hints=cache))
             return guidance(e_c, e_u, guidance_scale)
 
         return eps_fn

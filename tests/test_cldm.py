@@ -169,6 +169,28 @@ def test_control_range_and_two_controlnets_sum():
         assert torch.allclose(fn(x, t, 0.7), second_only, atol=1e-5)
 
 
+def test_sampling_encodes_each_hint_once():
+    """The hint encoder depends on the image alone: one sampling run encodes each hint at its first step
+    only, with the same eps as encoding it every step; with a graph recorded it encodes at every call."""
+    model = randomize_zero_convs(build_tiny()).double()
+    x, t, hint, ctx = inputs(model)
+    uc = model.get_unconditional_conditioning(B)
+    x, hint, ctx, uc = x.double(), hint.double(), ctx.double(), uc.double()
+    encoder_calls = []
+    model.control_model.input_hint_block.register_forward_hook(lambda *args: encoder_calls.append(1))
+    eps_fn = model.guided_eps_fn(cond(hint, ctx), cond(hint, uc), 7.5)
+    with torch.no_grad():
+        steps = [eps_fn(x, t, 0.0), eps_fn(x + 0.5, t // 2, 0.5), eps_fn(x - 0.5, t // 3, 0.9)]
+        assert len(encoder_calls) == 1
+        for got, (x_i, t_i) in zip(steps, [(x, t), (x + 0.5, t // 2), (x - 0.5, t // 3)]):
+            e_c = model.apply_model(x_i, t_i, cond(hint, ctx))
+            e_u = model.apply_model(x_i, t_i, cond(hint, uc))
+            assert torch.allclose(got, e_u + 7.5 * (e_c - e_u), atol=1e-10)
+    encoder_calls.clear()
+    eps_fn(x, t, 0.0), eps_fn(x, t, 0.5)
+    assert len(encoder_calls) == 2
+
+
 def test_bad_control_settings_are_refused():
     with pytest.raises(ValueError, match="13 control scales"):
         ControlInput(torch.zeros(1, 3, 8, 8), scales=[1.0] * 12)
