@@ -1,7 +1,7 @@
 """Drop-in subclasses of ``nn.Linear`` / ``nn.Conv2d`` (same parameters, same checkpoint keys) that pick the
 faster of torch's CPU kernels for the UNet's float32 shapes, large weights run through oneDNN in slices, and
-the upsampler's convolution computed without upsampling. Elsewhere (GPU, half precision, other shapes) they are the plain operations.
-Measurements: ``bench/roofline.py`` and the README's speed section.
+the upsampler's convolution computed without upsampling. Elsewhere (GPU, half precision, other shapes)
+they are the plain operations. Measurements: ``bench/roofline.py`` and the README's speed section.
 """
 import torch
 import torch.nn.functional as F
