@@ -11,6 +11,7 @@ kernels (it leaves out normalisations, activations and copies entirely).
     python -m bench.roofline --config tests/configs/cldm_tiny.yaml --size 64   # smoke run
 """
 import argparse
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -28,13 +29,20 @@ from ldm.modules.layers import Conv2d, TokenLinear
 # the model's layers pick their kernel (ldm.modules.layers) and count as what they compute: TokenLinear runs
 # matrix products as oneDNN convolutions, Conv2d runs the 8x8 level's convolutions as (b)addbmm.
 KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul", "mm": "matmul", "bmm": "matmul",
-         "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention"}
+         "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention",
+         "mkldnn._linear_pointwise": "matmul", "mkldnn::_linear_pointwise": "matmul"}
 
 
 # torch counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention picks here.
 @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
 def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query, key, value)  # the formula receives shapes
+
+
+# Nor oneDNN's linear, which TokenLinear calls directly when no graph is recorded.
+@register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(x_shape) * w_shape[0]
 
 
 def _op_kind(op) -> str:

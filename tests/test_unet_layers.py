@@ -25,6 +25,19 @@ def test_token_linear_is_linear_values_and_grads(rows, bias):
     assert set(layer.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
 
 
+@pytest.mark.parametrize("rows", [1, 77, layers.ONEDNN_LINEAR_MAX_ROWS])
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_linear_without_graph_is_linear(rows, bias):
+    """Inference with few rows takes oneDNN's linear (no backward), training the paths above."""
+    torch.manual_seed(0)
+    layer = TokenLinear(48, 80, bias=bias)
+    x = torch.randn(rows, 1, 48)
+    with torch.no_grad():
+        out = layer(x)
+    assert out.shape == (rows, 1, 80) and not out.requires_grad
+    assert torch.allclose(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
 def test_token_linear_keeps_other_dtypes_on_plain_linear():
     layer = TokenLinear(16, 8).to(torch.bfloat16)
     x = torch.randn(ONEDNN_MIN_ROWS * 2, 16, dtype=torch.bfloat16)

@@ -39,20 +39,32 @@ def onednn_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, pa
     return torch.cat([F.conv2d(x, w, b, stride, padding) for w, b in zip(weight.chunk(slices), biases)], dim=1)
 
 
-# Below this many rows oneDNN's per-call weight re-layout costs more than its faster kernel saves (measured
-# with the weights out of cache, as in a UNet step: at the 16x16 level's 512 rows oneDNN is still up to 1.3x
-# faster, at the 8x8 level's 128 rows up to 1.25x slower).
+# Below this many rows oneDNN's convolution costs more in its per-call weight re-layout than its faster kernel
+# saves (measured with the weights out of cache, as in a UNet step: at the 16x16 level's 512 rows it is still
+# up to 1.3x faster than sgemm, at the 8x8 level's 128 rows up to 1.25x slower).
 ONEDNN_MIN_ROWS = 512
+# Up to this many rows, a product that records no graph runs as oneDNN's linear (the operator torch.compile
+# emits for CPU linears; it has no backward): 1.1-1.2x the convolution at 512 rows, 1.2-2.7x sgemm at 128.
+ONEDNN_LINEAR_MAX_ROWS = 512
+_onednn_linear = (getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available()
+                  else None)
 
 
 class TokenLinear(nn.Linear):
-    """``nn.Linear`` over token rows (same parameters and keys). On CPU in float32, with enough rows, the
-    product runs as oneDNN's 1x1 convolution of the rows viewed as a one-pixel-high channels-last image,
-    which is up to 1.4x faster than MKL's sgemm for the UNet's shapes on AVX-512 (bench/roofline.py)."""
+    """``nn.Linear`` over token rows (same parameters and keys). On CPU in float32 the product runs on
+    oneDNN, which is up to 1.4x faster than MKL's sgemm for the UNet's shapes here (bench/roofline.py):
+    with few rows and no graph to record, as oneDNN's linear; with many rows, as its 1x1 convolution of the
+    rows viewed as a one-pixel-high channels-last image."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if not _cpu_float32(x) or rows < ONEDNN_MIN_ROWS:
+        if not _cpu_float32(x):
+            return F.linear(x, self.weight, self.bias)
+        records_graph = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if rows <= ONEDNN_LINEAR_MAX_ROWS and _onednn_linear is not None and not records_graph:
+            out = _onednn_linear(x.reshape(rows, -1), self.weight, self.bias, "none", [], "")
+            return out.view(*x.shape[:-1], self.out_features)
+        if rows < ONEDNN_MIN_ROWS:
             return F.linear(x, self.weight, self.bias)
         image = x.reshape(1, 1, rows, x.shape[-1]).permute(0, 3, 1, 2)  # (1, in, 1, rows), channels-last
         out = onednn_conv2d(image, self.weight[:, :, None, None], self.bias)
