@@ -85,6 +85,19 @@ def test_onednn_conv2d_in_slices_is_conv2d_values_and_grads(monkeypatch, bias):
     assert all((g - e).abs().max() <= 1e-5 * e.abs().max() for g, e in zip(grads, expected_grads))
 
 
+@pytest.mark.parametrize("kernel, stride, side", [(3, 1, 8), (3, 2, 16), (1, 1, 8)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_without_graph_is_conv2d(kernel, stride, side, bias):
+    """Small outputs with no graph to record take oneDNN's linear over the unfolded patches."""
+    torch.manual_seed(0)
+    conv = Conv2d(24, 40, kernel, stride=stride, padding=kernel // 2, bias=bias)
+    x = torch.randn(2, 24, side, side)
+    with torch.no_grad():
+        out = conv(x)
+    expected = F.conv2d(x, conv.weight, conv.bias, stride, kernel // 2)
+    assert out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("h, w", [(16, 16), (16, 20), (8, 8)])  # four 2x2 convolutions; plain below 256 pixels
 def test_upsample_conv3x3_is_upsample_then_conv_values_and_grads(h, w):
     torch.manual_seed(0)

@@ -13,6 +13,11 @@ def _cpu_float32(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32
 
 
+def _records_graph(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether autograd records this product (oneDNN's linear operator has no backward)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
 # oneDNN re-lays out a plain float32 weight into its blocked format on every call, into a new buffer. glibc
 # serves blocks above 32 MiB (its highest dynamic mmap threshold) as fresh mappings that the kernel faults in
 # and zeroes page by page, on every call: at the UNet's 16x16 level (59-118 MB weights, 2 x 256 pixels) that
@@ -60,8 +65,7 @@ class TokenLinear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         if not _cpu_float32(x):
             return F.linear(x, self.weight, self.bias)
-        records_graph = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if rows <= ONEDNN_LINEAR_MAX_ROWS and _onednn_linear is not None and not records_graph:
+        if rows <= ONEDNN_LINEAR_MAX_ROWS and _onednn_linear is not None and not _records_graph(x, self.weight):
             out = _onednn_linear(x.reshape(rows, -1), self.weight, self.bias, "none", [], "")
             return out.view(*x.shape[:-1], self.out_features)
         if rows < ONEDNN_MIN_ROWS:
@@ -71,10 +75,10 @@ class TokenLinear(nn.Linear):
         return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
 
 
-# At most this many output pixels (batch x height x width) a convolution runs as one sgemm over
-# unfolded patches: at the UNet's 8x8 level (2 x 64 pixels, 1280-2560 channels) oneDNN spends about as
-# long re-laying out the 59-118 MB weight as computing with it; sgemm reads it as stored (1.4-1.5x faster
-# there, no faster at 2 x 16 x 16).
+# At most this many output pixels (batch x height x width) a convolution runs as a matrix product over
+# unfolded patches: at the UNet's 8x8 level (2 x 64 pixels, 1280-2560 channels) oneDNN's convolution spends
+# about as long re-laying out the 59-118 MB weight as computing with it; sgemm reads it as stored (1.4-1.5x
+# faster there, no faster at 2 x 16 x 16), and oneDNN's linear, where no graph is recorded, 1.35x sgemm.
 SGEMM_MAX_PIXELS = 128
 
 
@@ -92,6 +96,18 @@ class Conv2d(nn.Conv2d):
         if n * out_h * out_w > SGEMM_MAX_PIXELS:
             return onednn_conv2d(x, self.weight, self.bias, self.stride, self.padding)
         patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, c*kh*kw, pixels)
+        weight = self.weight.view(1, self.out_channels, -1)
+        if _onednn_linear is not None and not _records_graph(x, self.weight):
+            # the weight's rows against each image's patches on oneDNN's linear: 1.35x sgemm for the 8x8 level
+            out = torch.stack([_onednn_linear(weight[0], p.t(), None, "none", [], "") for p in patches])
+            if self.bias is not None:
+                out += self.bias.view(1, -1, 1)
+        elif self.bias is None:
+            out = torch.bmm(weight.expand(n, -1, -1), patches)
+        else:
+            out = torch.baddbmm(self.bias.view(1, -1, 1).expand(n, -1, patches.shape[-1]), weight.expand(n, -1, -1),
+                                patches)
+        return out.view(n, self.out_channels, out_h, out_w)
         weight = self.weight.view(1, self.out_channels, -1).expand(n, -1, -1)
         if self.bias is None:
             out = torch.bmm(weight, patches)
