@@ -77,11 +77,20 @@ def open_advanced_options(page) -> None:
     page.get_by_label("Negative Prompt").wait_for()
 
 
-def set_number(page, label: str, value: str) -> None:
-    """Type ``value`` into a slider's number box and leave it, then check the app kept it: a value typed while
-    the accordion was still mounting was once reset to the default (CI: 1 image instead of 2)."""
+def set_number(page, label: str, value: str, attempts: int = 3) -> None:
+    """Type ``value`` into a slider's number box and leave it, then check the app kept it. A value typed while
+    the accordion is still mounting can be reset to the default (seen on CI and on a busy machine: 1 image
+    instead of 2), so the value is typed again, a few times, until it holds."""
     from playwright.sync_api import expect
     box = page.get_by_label(f"number input for {label}")
+    for _ in range(attempts - 1):
+        box.fill(value)
+        box.press("Tab")
+        try:
+            expect(box).to_have_value(value, timeout=2000)
+            return
+        except AssertionError:
+            continue
     box.fill(value)
     box.press("Tab")
     expect(box).to_have_value(value)
