@@ -108,12 +108,6 @@ class Conv2d(nn.Conv2d):
             out = torch.baddbmm(self.bias.view(1, -1, 1).expand(n, -1, patches.shape[-1]), weight.expand(n, -1, -1),
                                 patches)
         return out.view(n, self.out_channels, out_h, out_w)
-        weight = self.weight.view(1, self.out_channels, -1).expand(n, -1, -1)
-        if self.bias is None:
-            out = torch.bmm(weight, patches)
-        else:
-            out = torch.baddbmm(self.bias.view(1, -1, 1).expand(n, -1, patches.shape[-1]), weight, patches)
-        return out.view(n, self.out_channels, out_h, out_w)
 
 
 # From this many input pixels (h x w) up, a 2x nearest upsampling followed by a 3x3 convolution runs as
