@@ -23,11 +23,12 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from bench.bench_sampling import build
-from ldm.modules.layers import Conv2d, TokenLinear
+from ldm.modules.layers import SGEMM_MAX_PIXELS, Conv2d, TokenLinear
 
 # Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix). Two of
 # the model's layers pick their kernel (ldm.modules.layers) and count as what they compute: TokenLinear runs
-# matrix products as oneDNN convolutions, Conv2d runs the 8x8 level's convolutions as (b)addbmm.
+# matrix products as oneDNN convolutions, Conv2d runs the 8x8 level's convolutions as (b)addbmm or as
+# oneDNN's linear.
 KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul", "mm": "matmul", "bmm": "matmul",
          "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention",
          "mkldnn._linear_pointwise": "matmul", "mkldnn::_linear_pointwise": "matmul"}
@@ -68,9 +69,13 @@ def count_flops(step, networks) -> dict:
 
 
 def _event_kind(event):
-    """Kind of a profiler event (grouped by input shape): TokenLinear's convolutions are (1, c, 1, rows)."""
+    """Kind of a profiler event (grouped by input shape): TokenLinear's convolutions are (1, c, 1, rows);
+    Conv2d's oneDNN linears multiply the weight by at most SGEMM_MAX_PIXELS rows of patches (SD's linear
+    layers all have at least 320 outputs; a tiny test model's may be miscounted)."""
     if event.key == "aten::mkldnn_convolution" and event.input_shapes[0][2] == 1:
         return "matmul"
+    if event.key == "mkldnn::_linear_pointwise" and event.input_shapes[1][0] <= SGEMM_MAX_PIXELS:
+        return "conv"
     return KINDS.get(event.key.replace("aten::", ""))
 
 

@@ -35,7 +35,8 @@ def converted():
 
 
 # float64 checks the maths; float32 what users run, where the two codes' kernels round differently (our
-# UNet runs its smallest convolutions as sgemm, diffusers' on oneDNN): ~2e-5 at the tiny model's output.
+# UNet runs its smallest convolutions as matrix products over unfolded patches, diffusers' as oneDNN
+# convolutions): ~2e-5 at the tiny model's output.
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 5e-5)])
 # 16: 512 tokens per attention layer at the first level; 32: every float32 CPU fast path of ldm.modules.layers
 @pytest.mark.parametrize("latent", [8, 16, 32])
