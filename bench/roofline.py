@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula, sdpa_flop_count
 
 from bench.bench_sampling import build
 from ldm.modules.layers import SGEMM_MAX_PIXELS, Conv2d, TokenLinear
@@ -28,10 +28,11 @@ from ldm.modules.layers import SGEMM_MAX_PIXELS, Conv2d, TokenLinear
 # Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix). Two of
 # the model's layers pick their kernel (ldm.modules.layers) and count as what they compute: TokenLinear runs
 # matrix products as oneDNN convolutions, Conv2d runs the 8x8 level's convolutions as (b)addbmm or as
-# oneDNN's linear.
+# oneDNN's linear (unless their weights are packed, as in the bench: then oneDNN's linear and convolution).
 KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul", "mm": "matmul", "bmm": "matmul",
          "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention",
-         "mkldnn._linear_pointwise": "matmul", "mkldnn::_linear_pointwise": "matmul"}
+         "mkldnn._linear_pointwise": "matmul", "mkldnn::_linear_pointwise": "matmul",
+         "mkldnn._convolution_pointwise": "conv", "mkldnn::_convolution_pointwise": "conv"}
 
 
 # torch counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention picks here.
@@ -44,6 +45,12 @@ def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwarg
 @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
 def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * math.prod(x_shape) * w_shape[0]
+
+
+# And oneDNN's convolution with a packed weight (ldm.modules.layers.pack_weights).
+@register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+def _onednn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape)
 
 
 def _op_kind(op) -> str:

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from cldm.cldm import GUESS_MODE_DECAY, NUM_CONTROLS, ControlInput, control_scales
+from ldm.modules import layers
 from ldm.modules.diffusionmodules.util import repeat_rows
+from ldm.modules.layers import pack_weights
 from tests.conftest import build_tiny, randomize_zero_convs
 
 B, H = 2, 64  # batch, image side (8x8 latents)
@@ -189,6 +191,20 @@ def test_sampling_encodes_each_hint_once():
     encoder_calls.clear()
     eps_fn(x, t, 0.0), eps_fn(x, t, 0.5)
     assert len(encoder_calls) == 2
+
+
+def test_packed_weights_give_the_same_eps_and_state_dict():
+    """pack_weights (what the apps do on CPU) changes neither the model's eps nor what it saves."""
+    model = randomize_zero_convs(build_tiny())
+    x, t, hint, ctx = inputs(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model.apply_model(x, t, cond(hint, ctx))
+        assert pack_weights(model.model, model.control_model) > 0 or layers._onednn_conv is None
+        got = model.apply_model(x, t, cond(hint, ctx))
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()  # float32 summation order only
+    saved = model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], v) for k, v in state.items())
 
 
 def test_bad_control_settings_are_refused():

@@ -98,6 +98,68 @@ def test_conv2d_without_graph_is_conv2d(kernel, stride, side, bias):
     assert out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+requires_onednn = pytest.mark.skipif(layers._onednn_conv is None, reason="torch built without oneDNN")
+
+
+@requires_onednn
+@pytest.mark.parametrize("kernel, stride, channels", [(3, 1, (24, 40)), (3, 2, (5, 17)), (1, 1, (24, 40))])
+def test_packed_conv2d_is_conv2d_and_keeps_its_weight(kernel, stride, channels):
+    """Packed, a layer computes the same, holds no plain copy, and gives back its weight bit for bit."""
+    torch.manual_seed(0)
+    conv = Conv2d(*channels, kernel, stride=stride, padding=kernel // 2)
+    weight = conv.weight.detach().clone()
+    x = torch.randn(2, channels[0], 9, 7)
+    expected = F.conv2d(x, weight, conv.bias, stride, kernel // 2)
+    assert layers.pack_weights(conv) == 1
+    with torch.no_grad():
+        out = conv(x)
+        assert conv._packed is not None and conv.weight.numel() == 0
+        assert torch.allclose(conv(x[:1]), expected[:1], rtol=1e-5, atol=1e-5)  # another input shape
+    assert out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(conv.state_dict()["weight"], weight)
+    layers.unpack_weights(conv)
+    assert conv._packed is None and not conv.packing and torch.equal(conv.weight, weight)
+
+
+@requires_onednn
+def test_packed_token_linear_is_linear():
+    torch.manual_seed(0)
+    layer = TokenLinear(48, 80)
+    x = torch.randn(3, 100, 48)
+    expected = F.linear(x, layer.weight, layer.bias).detach()
+    layers.pack_weights(layer)
+    with torch.no_grad():
+        out = layer(x)
+        assert layer._packed is not None and layer.weight.numel() == 0
+        assert torch.allclose(layer(x[:1, :7]), expected[:1, :7], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@requires_onednn
+def test_packed_layer_unpacks_for_gradients_devices_dtypes_and_loading():
+    torch.manual_seed(0)
+    conv = Conv2d(8, 16, 3, padding=1)
+    weight = conv.weight.detach().clone()
+    x = torch.randn(1, 8, 6, 6)
+    layers.pack_weights(conv)
+    with torch.no_grad():
+        conv(x)
+    (grad,) = torch.autograd.grad(conv(x).sum(), [conv.weight])  # a graph to record: plain weight again
+    assert conv._packed is None and torch.equal(conv.weight, weight) and grad.shape == weight.shape
+    with torch.no_grad():
+        conv(x)  # packs again
+        assert conv._packed is not None
+        conv.double()
+        assert conv._packed is None and torch.equal(conv.weight, weight.double())
+        assert torch.allclose(conv(x.double()), F.conv2d(x.double(), conv.weight, conv.bias, padding=1))
+        conv.float()
+        conv(x)
+        new_weight = torch.randn_like(weight)
+        conv.load_state_dict({"weight": new_weight, "bias": conv.bias.detach().clone()})
+        assert conv._packed is None and torch.equal(conv.weight, new_weight)
+        assert torch.allclose(conv(x), F.conv2d(x, new_weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("h, w", [(16, 16), (16, 20), (8, 8)])  # four 2x2 convolutions; plain below 256 pixels
 def test_upsample_conv3x3_is_upsample_then_conv_values_and_grads(h, w):
     torch.manual_seed(0)

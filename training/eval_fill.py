@@ -199,10 +199,13 @@ def save_grid(path: str, data: HeldOut, images: np.ndarray, count: int = 8, scal
 
 def load_model(config: str, ckpt: str, device: str = "cpu"):
     from cldm.model import create_model, load_checkpoint
+    from ldm.modules.layers import pack_weights
 
     model = create_model(config)
     load_checkpoint(model, ckpt)
-    return model.float().to(device).eval()
+    model = model.float().to(device).eval()
+    pack_weights(model.model, model.control_model)  # inference only: as the apps
+    return model
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ from cldm.app.weights import ModelChoice
 from cldm.cldm import ControlInput, ControlNet, control_scales
 from cldm.model import CheckpointError, create_control_net, create_model, load_checkpoint, load_state_dict
 from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.modules.layers import pack_weights
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class Engine:
         load_checkpoint(model, str(choice.ckpts[0]))
         extra = [load_control_net(choice.config, path).to(device, dtype) for path in choice.ckpts[1:]]
         engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner, choice.demo)
+        if not save_memory:  # (its device shifts would unpack the weights at every generation)
+            pack_weights(model.model, model.control_model, *extra)
         engine._shift(diffusing=False)
         return engine
 
