@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ldm.modules.attention import FEED_FORWARD_ROWS, FeedForward
 from ldm.modules.diffusionmodules.util import GroupNorm32, repeat_rows
@@ -119,6 +120,18 @@ def test_packed_conv2d_is_conv2d_and_keeps_its_weight(kernel, stride, channels):
     assert torch.equal(conv.state_dict()["weight"], weight)
     layers.unpack_weights(conv)
     assert conv._packed is None and not conv.packing and torch.equal(conv.weight, weight)
+
+
+@requires_onednn
+@pytest.mark.parametrize("options", [dict(padding_mode="reflect", padding=1), dict(padding="same")])
+def test_conv2d_that_packing_cannot_compute_stays_plain(options):
+    conv = Conv2d(4, 6, 3, **options)
+    x = torch.randn(1, 4, 5, 5)
+    layers.pack_weights(conv)
+    assert conv._packed is None and conv.weight.shape == (6, 4, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(conv(x), nn.Conv2d.forward(conv, x))
+    assert conv._packed is None
 
 
 @requires_onednn

@@ -78,9 +78,14 @@ class PackableWeight(nn.Module):
         """The weight in oneDNN's layout for inputs of ``shape`` (None: a typical one)."""
         raise NotImplementedError
 
+    def _packable(self) -> bool:
+        """Whether oneDNN's packed-weight operator computes this layer (its settings allowing)."""
+        return True
+
     def pack(self, shape: Optional[torch.Size] = None) -> None:
         """Hold the weight packed (float32 CPU weights only), for inputs of ``shape`` (None: a typical one)."""
-        if self._packed is None and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+        if (self._packed is None and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32
+                and self._packable()):
             self._packed = self._pack(shape)
             self.weight.data = self.weight.data.new_empty(0)  # the packed copy replaces it
 
@@ -92,7 +97,7 @@ class PackableWeight(nn.Module):
 
     def _packed_weight(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The packed weight to run ``x`` with (packing it if enabled and needed); None: run the plain path."""
-        if self._packed is None and not (self.packing and _cpu_float32(x)):
+        if self._packed is None and not (self.packing and _cpu_float32(x) and self._packable()):
             return None
         if _records_graph(x, self.weight) or not _cpu_float32(x):
             self.unpack()
@@ -186,6 +191,9 @@ class Conv2d(PackableWeight, nn.Conv2d):
     """``nn.Conv2d``; on CPU in float32 with few output pixels, an unfold + matrix product. Packed
     (``pack_weights``), always oneDNN's convolution."""
 
+    def _packable(self) -> bool:
+        return self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
     def _pack(self, shape: Optional[torch.Size]) -> torch.Tensor:
         # oneDNN picks the layout for an input shape; its 1x1 convolutions are ~5x slower with none given,
         # while any plausible one (batch, spatial size) gives the same speed
@@ -194,7 +202,7 @@ class Conv2d(PackableWeight, nn.Conv2d):
                                                             list(self.dilation), self.groups, shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if not self._packable():
             return super().forward(x)
         packed = self._packed_weight(x)
         if packed is not None:
