@@ -97,9 +97,9 @@ class PackableWeight(nn.Module):
 
     def _packed_weight(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The packed weight to run ``x`` with (packing it if enabled and needed); None: run the plain path."""
-        if self._packed is None and not (self.packing and _cpu_float32(x) and self._packable()):
+        if self._packed is None and not self.packing:
             return None
-        if _records_graph(x, self.weight) or not _cpu_float32(x):
+        if not _cpu_float32(x) or _records_graph(x, self.weight):
             self.unpack()
             return None
         self.pack(x.shape)
@@ -126,7 +126,7 @@ def pack_weights(*modules: nn.Module) -> int:
     Returns the number of layers enabled; 0 where torch lacks oneDNN."""
     if _onednn_conv is None:
         return 0
-    layers = [m for module in modules for m in module.modules() if isinstance(m, PackableWeight)]
+    layers = _packable_layers(modules)
     for layer in layers:
         layer.packing = True
         layer.pack()
@@ -145,11 +145,13 @@ def _return_free_memory() -> None:
 
 def unpack_weights(*modules: nn.Module) -> None:
     """Undo ``pack_weights``: plain weights back in every layer, no packing from here on."""
-    for module in modules:
-        for layer in module.modules():
-            if isinstance(layer, PackableWeight):
-                layer.packing = False
-                layer.unpack()
+    for layer in _packable_layers(modules):
+        layer.packing = False
+        layer.unpack()
+
+
+def _packable_layers(modules) -> list:
+    return [m for module in modules for m in module.modules() if isinstance(m, PackableWeight)]
 
 
 class TokenLinear(PackableWeight, nn.Linear):
