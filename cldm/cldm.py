@@ -18,6 +18,7 @@ from torch import nn
 from ldm.models.diffusion.ddpm import LatentDiffusion, batched_guidance, guidance
 from ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, UNetModel, UNetSpec
 from ldm.modules.diffusionmodules.util import repeat_rows, timestep_embedding, zero_module
+from ldm.modules.layers import Conv2d
 from ldm.util import instantiate_from_config, log_txt_as_img
 
 NUM_CONTROLS = 13  # 12 encoder skips + the middle block
@@ -51,15 +52,15 @@ class ControlNet(nn.Module):
         strides = [1, 1, 2, 1, 2, 1, 2]
         layers = []
         for c_in, c_out, stride in zip(chans, chans[1:], strides):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.SiLU()]
-        layers.append(zero_module(nn.Conv2d(256, self.model_channels, 3, padding=1)))
+            layers += [Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.SiLU()]
+        layers.append(zero_module(Conv2d(256, self.model_channels, 3, padding=1)))
         self.input_hint_block = TimestepEmbedSequential(*layers)
         self.zero_convs = nn.ModuleList(self._zero_conv(ch) for ch in skip_channels)
         self.middle_block_out = self._zero_conv(skip_channels[-1])
 
     @staticmethod
     def _zero_conv(channels: int) -> TimestepEmbedSequential:
-        return TimestepEmbedSequential(zero_module(nn.Conv2d(channels, channels, 1)))
+        return TimestepEmbedSequential(zero_module(Conv2d(channels, channels, 1)))
 
     def encode_hint(self, hint: torch.Tensor) -> torch.Tensor:
         """The condition image at latent resolution with ``model_channels`` channels, as it joins the latents.

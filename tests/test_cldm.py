@@ -1,4 +1,6 @@
 """ControlNet behaviour on a tiny model of the real classes (paper section 3 and upstream semantics)."""
+import copy
+
 import pytest
 import torch
 
@@ -194,15 +196,18 @@ def test_sampling_encodes_each_hint_once():
 
 
 def test_packed_weights_give_the_same_eps_and_state_dict():
-    """pack_weights (what the apps do on CPU) changes neither the model's eps nor what it saves."""
+    """pack_weights (what the apps do on CPU) changes neither the model's eps nor what it saves: packed, the
+    float32 eps is as close to the float64 one as the plain float32 eps is (only summation orders differ)."""
     model = randomize_zero_convs(build_tiny())
     x, t, hint, ctx = inputs(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        expected = model.apply_model(x, t, cond(hint, ctx))
+        exact = copy.deepcopy(model).double().apply_model(x.double(), t, cond(hint.double(), ctx.double()))
+        plain = model.apply_model(x, t, cond(hint, ctx))
         assert pack_weights(model.model, model.control_model) > 0 or layers._onednn_conv is None
-        got = model.apply_model(x, t, cond(hint, ctx))
-    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()  # float32 summation order only
+        packed = model.apply_model(x, t, cond(hint, ctx))
+    plain_error = (plain.double() - exact).abs().max()
+    assert (packed.double() - exact).abs().max() <= max(4 * plain_error, 1e-5 * exact.abs().max())
     saved = model.state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], v) for k, v in state.items())
 

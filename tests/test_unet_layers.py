@@ -7,8 +7,8 @@ from torch import nn
 from ldm.modules.attention import FEED_FORWARD_ROWS, FeedForward
 from ldm.modules.diffusionmodules.util import GroupNorm32, repeat_rows
 from ldm.modules import layers
-from ldm.modules.layers import (ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, UPSAMPLE_PHASES_MIN_PIXELS, Conv2d, TokenLinear,
-                                onednn_conv2d, upsample_conv3x3)
+from ldm.modules.layers import (ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, UPSAMPLE_PHASES_MIN_PIXELS, Conv2d, GatedLinear,
+                                TokenLinear, onednn_conv2d, upsample_conv3x3)
 
 
 @pytest.mark.parametrize("rows", [ONEDNN_MIN_ROWS - 1, ONEDNN_MIN_ROWS + 100])  # MKL path, oneDNN path
@@ -146,6 +146,30 @@ def test_packed_token_linear_is_linear():
         assert layer._packed is not None and layer.weight.numel() == 0
         assert torch.allclose(layer(x[:1, :7]), expected[:1, :7], rtol=1e-5, atol=1e-5)
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@requires_onednn
+def test_gated_linear_is_geglu_packed_or_not():
+    """GEGLU's projection: value * gelu(gate) of the output halves; packed, the same values (GELU and product
+    inside oneDNN's linear) and the same weight back, and gradients as the plain layer."""
+    torch.manual_seed(0)
+    layer = GatedLinear(24, 2 * 40)
+    weight = layer.weight.detach().clone()
+    x = torch.randn(2, 50, 24, requires_grad=True)
+    value, gate = F.linear(x, weight, layer.bias).chunk(2, dim=-1)
+    expected = value * F.gelu(gate)
+    out = layer(x)
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.sum(), [x])
+    assert torch.allclose(grad, torch.autograd.grad(expected.sum(), [x])[0], rtol=1e-5, atol=1e-6)
+    layers.pack_weights(layer)
+    with torch.no_grad():
+        packed = layer(x)
+        assert layer._packed is not None and layer.weight.numel() == 0
+    assert torch.allclose(packed, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(layer.state_dict()["weight"], weight)
+    layers.unpack_weights(layer)
+    assert torch.equal(layer.weight, weight)
 
 
 @requires_onednn

@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from ldm.modules.diffusionmodules.util import maybe_checkpoint, repeat_rows, zero_module
-from ldm.modules.layers import TokenLinear
+from ldm.modules.layers import Conv2d, GatedLinear, TokenLinear
 
 # Token rows per FeedForward chunk: the (rows, 8 * dim) hidden activations then fit in the CPU's cache
 # (a 64x64 latent's 8192 rows at width 2560 would be 84 MB), and peak memory stays bounded.
@@ -46,11 +46,10 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = TokenLinear(dim_in, dim_out * 2)
+        self.proj = GatedLinear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        return self.proj(x)
 
 
 class FeedForward(nn.Module):
@@ -87,11 +86,16 @@ class BasicTransformerBlock(nn.Module):
         return maybe_checkpoint(self._forward, x, context, enabled=self.use_checkpoint)
 
     def _forward(self, x, context):
-        x = x + self.attn1(self.norm1(x))
+        # each residual is added into the sublayer's fresh output (no backward needs it)
+        h = self.attn1(self.norm1(x))
+        h += x
         if context is not None:  # latents shared by several contexts part here (repeat_rows)
-            x = repeat_rows(x, context.shape[0])
-        x = x + self.attn2(self.norm2(x), context=context)
-        return x + self.ff(self.norm3(x))
+            h = repeat_rows(h, context.shape[0])
+        x = self.attn2(self.norm2(h), context=context)
+        x += h
+        h = self.ff(self.norm3(x))
+        h += x
+        return h
 
 
 class SpatialTransformer(nn.Module):
@@ -110,8 +114,8 @@ class SpatialTransformer(nn.Module):
             self.proj_in = TokenLinear(in_channels, inner_dim)
             self.proj_out = zero_module(TokenLinear(inner_dim, in_channels))
         else:
-            self.proj_in = nn.Conv2d(in_channels, inner_dim, 1)
-            self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, 1))
+            self.proj_in = Conv2d(in_channels, inner_dim, 1)
+            self.proj_out = zero_module(Conv2d(inner_dim, in_channels, 1))
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, n_heads, d_head, dropout, context_dim, use_checkpoint)
             for _ in range(depth))
@@ -132,4 +136,5 @@ class SpatialTransformer(nn.Module):
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + repeat_rows(residual, x.shape[0])
+        x += repeat_rows(residual, x.shape[0])
+        return x

@@ -89,10 +89,14 @@ class PackableWeight(nn.Module):
             self._packed = self._pack(shape)
             self.weight.data = self.weight.data.new_empty(0)  # the packed copy replaces it
 
+    def _unpacked_weight(self) -> torch.Tensor:
+        """The plain weight, bit for bit, from the packed one."""
+        return self._packed.to_dense()
+
     def unpack(self) -> None:
         """Put the plain weight back (bit for bit) and drop the packed one."""
         if self._packed is not None:
-            self.weight.data = self._packed.to_dense()
+            self.weight.data = self._unpacked_weight()
             self._packed = None
 
     def _packed_weight(self, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -108,7 +112,7 @@ class PackableWeight(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._packed is not None:
-            destination[prefix + "weight"] = self._packed.to_dense()
+            destination[prefix + "weight"] = self._unpacked_weight()
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.unpack()
@@ -182,6 +186,31 @@ class TokenLinear(PackableWeight, nn.Linear):
         return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
 
 
+class GatedLinear(TokenLinear):
+    """GEGLU's projection (Shazeer 2020): a linear layer whose output halves are (value, gate), returning
+    ``value * gelu(gate)`` (same parameters and keys as the plain projection). Packed, the two halves are
+    packed apart and oneDNN applies the GELU and the product inside the linear operators (post-ops): the
+    double-width output and the separate GELU and product passes over it are gone."""
+    def _pack(self, shape: Optional[torch.Size]) -> tuple:
+        rows = None if shape is None else math.prod(shape[:-1])
+        return tuple(torch.ops.mkldnn._reorder_linear_weight(half.contiguous(), rows)
+                     for half in self.weight.detach().chunk(2))
+
+    def _unpacked_weight(self) -> torch.Tensor:
+        return torch.cat([half.to_dense() for half in self._packed])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed_weight(x)
+        if packed is None:
+            value, gate = super().forward(x).chunk(2, dim=-1)
+            return value * F.gelu(gate)
+        rows = x.reshape(-1, x.shape[-1])
+        value_bias, gate_bias = (None, None) if self.bias is None else self.bias.chunk(2)
+        gate = _onednn_linear(rows, packed[1], gate_bias, "gelu", [], "none")  # "none": exact (erf) GELU
+        out = torch.ops.mkldnn._linear_pointwise.binary(rows, gate, packed[0], value_bias, "mul")
+        return out.view(*x.shape[:-1], -1)
+
+
 # At most this many output pixels (batch x height x width) a convolution runs as a matrix product over
 # unfolded patches: at the UNet's 8x8 level (2 x 64 pixels, 1280-2560 channels) oneDNN's convolution spends
 # about as long re-laying out the 59-118 MB weight as computing with it; sgemm reads it as stored (1.4-1.5x
@@ -239,11 +268,18 @@ class Conv2d(PackableWeight, nn.Conv2d):
 UPSAMPLE_PHASES_MIN_PIXELS = 256
 
 
-def _tap_pairs(weight: torch.Tensor, dim: int):
-    """The 3 taps of ``weight`` along ``dim`` folded onto the 2 input pixels each output parity reads:
-    even outputs read (previous, own) pixel with taps (0, 1 + 2); odd ones (own, next) with (0 + 1, 2)."""
-    w0, w1, w2 = weight.unbind(dim)
-    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
+# The input rows (or columns) a 2x upsampled 3x3 convolution's output of each parity reads, as slices of its
+# 3 taps: even outputs read the previous pixel with tap 0 and their own with taps 1 + 2; odd outputs their
+# own pixel with taps 0 + 1 and the next with tap 2.
+_PHASE_TAPS = ((slice(0, 1), slice(1, 3)), (slice(0, 2), slice(2, 3)))
+
+
+def _phase_kernel(weight: torch.Tensor, row_parity: int, col_parity: int) -> torch.Tensor:
+    """The 2x2 kernel of one output phase: each tap the sum of the 3x3 taps landing on that input pixel.
+    Built tap by tap, so no temporary is larger than the kernel (26 MB at 1280 channels)."""
+    taps = [weight[:, :, rows, cols].sum((2, 3))
+            for rows in _PHASE_TAPS[row_parity] for cols in _PHASE_TAPS[col_parity]]
+    return torch.stack(taps, -1).unflatten(-1, (2, 2))
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
@@ -256,8 +292,9 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     n, _, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1))
     out = x.new_empty(n, weight.shape[0], h, 2, w, 2)
-    for row_parity, rows in enumerate(_tap_pairs(weight, 2)):
-        for col_parity, kernel in enumerate(_tap_pairs(rows, 3)):
+    for row_parity in (0, 1):
+        for col_parity in (0, 1):
+            kernel = _phase_kernel(weight, row_parity, col_parity)
             window = padded[:, :, row_parity:row_parity + h + 1, col_parity:col_parity + w + 1]
             out[:, :, :, row_parity, :, col_parity] = onednn_conv2d(window, kernel, bias)
     return out.view(n, -1, 2 * h, 2 * w)

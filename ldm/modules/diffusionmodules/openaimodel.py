@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.util import (maybe_checkpoint, normalization, repeat_rows, timestep_embedding,
-                                              zero_module)
+from ldm.modules.diffusionmodules.util import (InPlaceSiLU, maybe_checkpoint, normalization, repeat_rows,
+                                              timestep_embedding, zero_module)
 from ldm.modules.layers import Conv2d, upsample_conv3x3
 
 
@@ -59,9 +59,9 @@ class ResBlock(nn.Module):
                  use_checkpoint: bool = False):
         super().__init__()
         out_channels = out_channels or channels
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels), InPlaceSiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
-        self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+        self.out_layers = nn.Sequential(normalization(out_channels), InPlaceSiLU(), nn.Dropout(p=dropout),
                                         zero_module(Conv2d(out_channels, out_channels, 3, padding=1)))
         self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
         self.use_checkpoint = use_checkpoint
@@ -70,9 +70,12 @@ class ResBlock(nn.Module):
         return maybe_checkpoint(self._forward, x, emb, enabled=self.use_checkpoint)
 
     def _forward(self, x, emb):
+        # the sums go into the convolutions' fresh outputs (their backward does not need them)
         h = self.in_layers(x)
-        h = h + repeat_rows(self.emb_layers(emb), h.shape[0]).to(h.dtype)[..., None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h += repeat_rows(self.emb_layers(emb), h.shape[0]).to(h.dtype)[..., None, None]
+        out = self.out_layers(h)
+        out += self.skip_connection(x)
+        return out
 
 
 def _heads(ch: int, num_heads: int, num_head_channels: int, legacy: bool) -> tuple:
@@ -173,7 +176,7 @@ class UNetSpec:
                     layers.append(Upsample(ch, ch))
                     ds //= 2
                 blocks.append(TimestepEmbedSequential(*layers))
-        out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(Conv2d(mc, out_channels, 3, padding=1)))
+        out = nn.Sequential(normalization(ch), InPlaceSiLU(), zero_module(Conv2d(mc, out_channels, 3, padding=1)))
         return nn.ModuleList(blocks), out
 
 
