@@ -8,7 +8,7 @@ from ldm.modules.attention import FEED_FORWARD_ROWS, FeedForward
 from ldm.modules.diffusionmodules.util import GroupNorm32, repeat_rows
 from ldm.modules import layers
 from ldm.modules.layers import (ONEDNN_MIN_ROWS, SGEMM_MAX_PIXELS, UPSAMPLE_PHASES_MIN_PIXELS, Conv2d, GatedLinear,
-                                TokenLinear, onednn_conv2d, upsample_conv3x3)
+                                TokenLinear, UpsampleConv2d, onednn_conv2d, upsample_conv3x3)
 
 
 @pytest.mark.parametrize("rows", [ONEDNN_MIN_ROWS - 1, ONEDNN_MIN_ROWS + 100])  # MKL path, oneDNN path
@@ -197,7 +197,7 @@ def test_packed_layer_unpacks_for_gradients_devices_dtypes_and_loading():
         assert torch.allclose(conv(x), F.conv2d(x, new_weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("h, w", [(16, 16), (16, 20), (8, 8)])  # four 2x2 convolutions; plain below 256 pixels
+@pytest.mark.parametrize("h, w", [(16, 16), (16, 20), (8, 8)])
 def test_upsample_conv3x3_is_upsample_then_conv_values_and_grads(h, w):
     torch.manual_seed(0)
     x = torch.randn(2, 12, h, w, requires_grad=True)
@@ -210,6 +210,27 @@ def test_upsample_conv3x3_is_upsample_then_conv_values_and_grads(h, w):
     grads = torch.autograd.grad(out.square().sum(), [x, weight, bias])
     expected_grads = torch.autograd.grad(expected.square().sum(), [x, weight, bias])
     assert all((g - e).abs().max() <= 1e-5 * e.abs().max() for g, e in zip(grads, expected_grads))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_upsample_conv2d_takes_the_input_before_upsampling(packed):
+    """Plain: phase convolutions from 256 input pixels. With packing enabled: phase convolutions of the plain
+    weight from 1024 pixels (the layer then never packs), the packed convolution below (packed at that call)."""
+    torch.manual_seed(0)
+    conv = UpsampleConv2d(12, 20, 3, padding=1)
+    weight, bias = conv.weight.detach().clone(), conv.bias.detach().clone()
+    if packed and layers.pack_weights(conv) == 0:
+        pytest.skip("torch built without oneDNN")
+    assert conv._packed is None  # nothing packed before the first call
+    with torch.no_grad():
+        big, small = torch.randn(2, 12, 32, 32), torch.randn(2, 12, 8, 8)
+        expected = [F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1) for x in (big, small)]
+        assert torch.allclose(conv(big), expected[0], rtol=1e-5, atol=1e-5)
+        assert conv._packed is None
+        assert torch.allclose(conv(small), expected[1], rtol=1e-5, atol=1e-5)
+        assert (conv._packed is not None) == packed
+        assert torch.allclose(conv(big), expected[0], rtol=1e-5, atol=1e-5)  # packed: the convolution route
+    assert torch.equal(conv.state_dict()["weight"], weight)
 
 
 def test_feed_forward_in_row_chunks_equals_whole():

@@ -72,6 +72,7 @@ class PackableWeight(nn.Module):
     plain weight back (it packs again at its next CPU float32 inference call while packing stays enabled).
     """
     packing = False
+    pack_eagerly = True  # False: pack_weights leaves the packing to the layer's first inference call
     _packed: Optional[torch.Tensor] = None
 
     def _pack(self, shape: Optional[torch.Size]) -> torch.Tensor:
@@ -133,7 +134,8 @@ def pack_weights(*modules: nn.Module) -> int:
     layers = _packable_layers(modules)
     for layer in layers:
         layer.packing = True
-        layer.pack()
+        if layer.pack_eagerly:
+            layer.pack()
     _return_free_memory()
     return len(layers)
 
@@ -263,9 +265,28 @@ class Conv2d(PackableWeight, nn.Conv2d):
 
 
 # From this many input pixels (h x w) up, a 2x nearest upsampling followed by a 3x3 convolution runs as
-# four 2x2 convolutions of the input (upsample_conv3x3): at the UNet's 32x32 -> 64x64 upsampler 1.9x
-# faster, 1.25x at 16x16 -> 32x32; at 8x8 -> 16x16 building the four kernels costs more than they save.
+# four 2x2 convolutions of the input (upsample_conv3x3): against the plain convolution 1.9x faster at the
+# UNet's 32x32 -> 64x64 upsampler, 1.25x at 16x16 -> 32x32, slower at 8x8 -> 16x16, where building the four
+# kernels costs more than they save. Against a packed convolution (pack_weights) they win at 32x32 only
+# (0.66x its time at 640 channels; 1.4x at 16x16 and 1280 channels).
 UPSAMPLE_PHASES_MIN_PIXELS = 256
+UPSAMPLE_PHASES_MIN_PIXELS_PACKED = 1024
+
+
+class UpsampleConv2d(Conv2d):
+    """The 3x3 convolution of a 2x nearest upsampler, given the input before upsampling:
+    ``forward(x) == conv2d(interpolate(x, scale_factor=2), weight, bias, padding=1)`` (same parameters and
+    keys as the plain convolution). Large inputs run as four phase convolutions of the plain weight
+    (``upsample_conv3x3``); others as the convolution of the upsampled input, packed once packing is enabled.
+    Since the route depends on the input size, ``pack_weights`` leaves this layer to pack at its first call
+    that takes the convolution route."""
+    pack_eagerly = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        min_pixels = UPSAMPLE_PHASES_MIN_PIXELS_PACKED if self.packing else UPSAMPLE_PHASES_MIN_PIXELS
+        if self._packed is None and _cpu_float32(x) and x.shape[2] * x.shape[3] >= min_pixels:
+            return upsample_conv3x3(x, self.weight, self.bias)
+        return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 # The input rows (or columns) a 2x upsampled 3x3 convolution's output of each parity reads, as slices of its
@@ -287,8 +308,6 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     upsampling: each of the four output phases (row and column parity) is a 2x2 convolution of ``x``
     whose taps are the 3x3 taps summed over the input pixel they land on: 16 multiply-adds per output
     pixel and channel pair instead of 36."""
-    if not _cpu_float32(x) or x.shape[2] * x.shape[3] < UPSAMPLE_PHASES_MIN_PIXELS:
-        return onednn_conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
     n, _, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1))
     out = x.new_empty(n, weight.shape[0], h, 2, w, 2)

@@ -13,7 +13,7 @@ from torch import nn
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.util import (InPlaceSiLU, maybe_checkpoint, normalization, repeat_rows,
                                               timestep_embedding, zero_module)
-from ldm.modules.layers import Conv2d, upsample_conv3x3
+from ldm.modules.layers import Conv2d, UpsampleConv2d
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -31,14 +31,14 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class Upsample(nn.Module):
-    """Nearest x2, then a 3x3 conv (computed as one, see ``upsample_conv3x3``)."""
+    """Nearest x2, then a 3x3 conv (computed as one, see ``UpsampleConv2d``)."""
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)  # holds the weights only
+        self.conv = UpsampleConv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample_conv3x3(x, self.conv.weight, self.conv.bias)
+        return self.conv(x)
 
 
 class Downsample(nn.Module):
