@@ -19,7 +19,7 @@ from ldm.models.diffusion.ddpm import LatentDiffusion, batched_guidance, guidanc
 from ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, UNetModel, UNetSpec
 from ldm.modules.diffusionmodules.util import repeat_rows, timestep_embedding, zero_module
 from ldm.modules.layers import Conv2d
-from ldm.util import instantiate_from_config, log_txt_as_img
+from ldm.util import instantiate_from_config, log_txt_as_img, release_free_memory
 
 NUM_CONTROLS = 13  # 12 encoder skips + the middle block
 # Guess mode weights control i (0 = shallowest skip, 12 = middle) by strength * 0.825 ** (12 - i).
@@ -185,6 +185,8 @@ class ControlLDM(LatentDiffusion):
             if n < rows:
                 outs = [torch.cat([repeat_rows(o, n), o.new_zeros((rows - n, *o.shape[1:]))]) for o in outs]
             residuals = outs if residuals is None else [r + o for r, o in zip(residuals, outs)]
+        if controls and x.device.type == "cpu":
+            release_free_memory()  # the ControlNets' freed activations, before the UNet's pile onto them
         return self.model.diffusion_model(x, t, context=context, control=residuals,
                                           only_mid_control=self.only_mid_control)
 

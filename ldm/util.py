@@ -1,4 +1,5 @@
 """Config instantiation (upstream's ``target:`` / ``params:`` yaml schema) and small shared helpers."""
+import ctypes
 import importlib
 from typing import Any, Mapping
 
@@ -22,6 +23,19 @@ def instantiate_from_config(config: Mapping, **overrides) -> Any:
     params = dict(config.get("params") or {})
     params.update(overrides)
     return get_obj_from_str(config["target"])(**params)
+
+
+def release_free_memory() -> None:
+    """Hand memory the process has freed back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    glibc keeps freed blocks mapped for reuse, and the UNet's many 1-30 MB activations leave its heap
+    fragmented: after a sampling step about twice the largest set of live activations stays resident.
+    Trimming once per step, between the ControlNet and the UNet, lowers the peak resident memory of a
+    512 px CFG step by about 0.17 GiB (bench/bench_sampling.py)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def count_params(module) -> int:

@@ -4,13 +4,14 @@ the upsampler's convolution computed without upsampling. Elsewhere (GPU, half pr
 they are the plain operations. For inference, ``pack_weights`` lets these layers hold their weights in
 oneDNN's own layout. Measurements: ``bench/roofline.py`` and the README's speed section.
 """
-import ctypes
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ldm.util import release_free_memory
 
 
 def _cpu_float32(x: torch.Tensor) -> bool:
@@ -136,17 +137,8 @@ def pack_weights(*modules: nn.Module) -> int:
         layer.packing = True
         if layer.pack_eagerly:
             layer.pack()
-    _return_free_memory()
+    release_free_memory()  # the plain weights just freed (about 0.1 GiB resident for SD1.5 + ControlNet)
     return len(layers)
-
-
-def _return_free_memory() -> None:
-    """Hand the freed plain weights back to the OS: glibc keeps freed memory between live blocks mapped
-    (about 0.1 GiB of resident memory for SD1.5 + ControlNet). A no-op without glibc."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
 
 
 def unpack_weights(*modules: nn.Module) -> None:
