@@ -181,7 +181,7 @@ class ControlLDM(LatentDiffusion):
                 encoded = encoded_hints.get(id(control))
                 if encoded is None:
                     encoded = encoded_hints[id(control)] = net.encode_hint(hint)
-            outs = [o * s for o, s in zip(net(x, hint, t, context[:n], encoded), control.scales)]
+            outs = [o if s == 1 else o * s for o, s in zip(net(x, hint, t, context[:n], encoded), control.scales)]
             if n < rows:
                 outs = [torch.cat([repeat_rows(o, n), o.new_zeros((rows - n, *o.shape[1:]))]) for o in outs]
             residuals = outs if residuals is None else [r + o for r, o in zip(residuals, outs)]

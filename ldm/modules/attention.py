@@ -37,9 +37,10 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context
-        q, k, v = (rearrange(proj(inp), "b n (h d) -> b h n d", h=self.heads)
-                   for proj, inp in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        out = F.scaled_dot_product_attention(q, k, v)
+        # q, k and v live only as the attention's arguments, so they are freed before the output projection
+        out = F.scaled_dot_product_attention(*(rearrange(proj(inp), "b n (h d) -> b h n d", h=self.heads)
+                                               for proj, inp in ((self.to_q, x), (self.to_k, context),
+                                                                 (self.to_v, context))))
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
