@@ -185,6 +185,7 @@ class GatedLinear(TokenLinear):
     ``value * gelu(gate)`` (same parameters and keys as the plain projection). Packed, the two halves are
     packed apart and oneDNN applies the GELU and the product inside the linear operators (post-ops): the
     double-width output and the separate GELU and product passes over it are gone."""
+
     def _pack(self, shape: Optional[torch.Size]) -> tuple:
         rows = None if shape is None else math.prod(shape[:-1])
         return tuple(torch.ops.mkldnn._reorder_linear_weight(half.contiguous(), rows)
