@@ -41,10 +41,12 @@ def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwarg
     return sdpa_flop_count(query, key, value)  # the formula receives shapes
 
 
-# Nor oneDNN's linear, which TokenLinear calls directly when no graph is recorded.
+# Nor oneDNN's linear, which TokenLinear calls directly when no graph is recorded. The formula serves both of
+# its overloads: (x, w, ...) and the binary (x, other, w, ...) that GatedLinear uses, so it reads the output
+# width from the output.
 @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    return 2 * math.prod(x_shape) * w_shape[0]
+def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(x_shape) * out_shape[-1]
 
 
 # And oneDNN's convolution with a packed weight (ldm.modules.layers.pack_weights).
