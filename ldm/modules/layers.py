@@ -152,6 +152,13 @@ def _packable_layers(modules) -> list:
     return [m for module in modules for m in module.modules() if isinstance(m, PackableWeight)]
 
 
+def _packed_linear_weight(weight: torch.Tensor, shape: Optional[torch.Size]) -> torch.Tensor:
+    """``weight`` in oneDNN's linear layout for inputs of ``shape`` (None: no hint; the row-count hint did
+    not change the speed in measurements here)."""
+    rows = None if shape is None else math.prod(shape[:-1])
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
 class TokenLinear(PackableWeight, nn.Linear):
     """``nn.Linear`` over token rows (same parameters and keys). On CPU in float32 the product runs on
     oneDNN, which is up to 1.4x faster than MKL's sgemm for the UNet's shapes here (bench/roofline.py):
@@ -159,8 +166,7 @@ class TokenLinear(PackableWeight, nn.Linear):
     rows viewed as a one-pixel-high channels-last image. Packed (``pack_weights``), always oneDNN's linear."""
 
     def _pack(self, shape: Optional[torch.Size]) -> torch.Tensor:
-        rows = None if shape is None else math.prod(shape[:-1])
-        return torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), rows)
+        return _packed_linear_weight(self.weight.detach(), shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -187,9 +193,7 @@ class GatedLinear(TokenLinear):
     double-width output and the separate GELU and product passes over it are gone."""
 
     def _pack(self, shape: Optional[torch.Size]) -> tuple:
-        rows = None if shape is None else math.prod(shape[:-1])
-        return tuple(torch.ops.mkldnn._reorder_linear_weight(half.contiguous(), rows)
-                     for half in self.weight.detach().chunk(2))
+        return tuple(_packed_linear_weight(half.contiguous(), shape) for half in self.weight.detach().chunk(2))
 
     def _unpacked_weight(self) -> torch.Tensor:
         return torch.cat([half.to_dense() for half in self._packed])
