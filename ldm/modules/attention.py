@@ -1,7 +1,8 @@
 """Transformer blocks of the Stable Diffusion UNet (upstream ``ldm/modules/attention.py``).
 
-Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` only: it picks the fused
-kernel for the device and dtype, and its default scale is upstream's ``dim_head ** -0.5``.
+Attention goes through ``torch.nn.functional.scaled_dot_product_attention``, which picks the fused kernel
+for the device and dtype (its default scale is upstream's ``dim_head ** -0.5``), except for float32 inference
+on CPUs with AVX-512, where ``ldm.modules.cpu_attention``'s kernel computes the same thing faster.
 
 ``FeedForward`` runs its 8x-wide hidden layer over a bounded number of tokens at a time, and the linear
 layers are ``TokenLinear`` (see ``ldm.modules.layers``): same maths, same checkpoint keys, faster on CPU.
@@ -13,12 +14,21 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.modules import cpu_attention
 from ldm.modules.diffusionmodules.util import maybe_checkpoint, repeat_rows, zero_module
 from ldm.modules.layers import Conv2d, GatedLinear, TokenLinear
 
 # Token rows per FeedForward chunk: the (rows, 8 * dim) hidden activations then fit in the CPU's cache
 # (a 64x64 latent's 8192 rows at width 2560 would be 84 MB), and peak memory stays bounded.
 FEED_FORWARD_ROWS = 2048
+
+
+def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Scaled dot-product attention of (b, n, heads * d) queries over (b, m, heads * d) keys and values."""
+    if cpu_attention.supports(q, k, v):
+        return cpu_attention.attention(q, k, v, heads)
+    out = F.scaled_dot_product_attention(*(rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v)))
+    return rearrange(out, "b h n d -> b n (h d)")
 
 
 class CrossAttention(nn.Module):
@@ -38,10 +48,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context
         # q, k and v live only as the attention's arguments, so they are freed before the output projection
-        out = F.scaled_dot_product_attention(*(rearrange(proj(inp), "b n (h d) -> b h n d", h=self.heads)
-                                               for proj, inp in ((self.to_q, x), (self.to_k, context),
-                                                                 (self.to_v, context))))
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        out = multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out(out)
 
 
 class GEGLU(nn.Module):

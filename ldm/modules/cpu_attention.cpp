@@ -1,0 +1,222 @@
+// Multi-head softmax attention in float32 for x86-64 CPUs with AVX-512F (see cpu_attention.py for why).
+//
+// out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h, :] . k[b, j, h, :]) v[b, j, h, :]
+//
+// Layout of the computation: each unit of work is one (batch, head) and a block of 64 queries, which sit in
+// the 16 lanes of four vectors. Keys go by in blocks of KEY_BLOCK with an online softmax (running maximum and
+// sum per query, as in flash attention), so no score matrix larger than KEY_BLOCK x 64 ever exists:
+//   scores  S[j][i]  = sum_d k[j][d] * Qt[d][i]    (k broadcast from its own rows, Qt the transposed query block)
+//   weights P[j][i]  = exp(S[j][i] - max)          (in place; the maximum runs down the keys, lane by lane)
+//   output  Ot[d][i] = alpha Ot[d][i] + sum_j v[j][d] * P[j][i]
+// Both products broadcast one k or v element against whole query vectors, so any head width runs without
+// padding, and q, k and v are read where they lie (strided (batch, token, head) views of the projections).
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+constexpr int QUERY_VECTORS = 4;
+constexpr int QUERY_BLOCK = 16 * QUERY_VECTORS;
+constexpr int KEY_BLOCK = 128;  // 128 x 64 scores: 32 KB, an L1 data cache
+constexpr int SCORE_KEYS = 6;   // register tile of the score product: 6 keys x 4 query vectors
+constexpr int OUTPUT_DIMS = 5;  // register tile of the output product: 5 head dims x 4 query vectors
+
+// exp(x) to ~1 ulp: x = n ln2 + r with |r| <= ln2 / 2, a degree-7 Taylor polynomial for exp(r), times 2^n.
+inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // exp(-104) is below float's smallest subnormal
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 in two parts
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// S[r][:] = sum_d k[r][d] * Qt[d][:] for R consecutive keys.
+template <int R>
+inline void score_tile(const float* k, int64_t k_row, const float* Qt, int D, float* S) {
+    __m512 acc[R][QUERY_VECTORS];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int d = 0; d < D; ++d) {
+        __m512 qd[QUERY_VECTORS];
+        for (int c = 0; c < QUERY_VECTORS; ++c) qd[c] = _mm512_load_ps(Qt + d * QUERY_BLOCK + 16 * c);
+        for (int r = 0; r < R; ++r) {
+            const __m512 kr = _mm512_set1_ps(k[r * k_row + d]);
+            for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_fmadd_ps(kr, qd[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < QUERY_VECTORS; ++c) _mm512_store_ps(S + r * QUERY_BLOCK + 16 * c, acc[r][c]);
+}
+
+// Ot[r][:] = alpha * Ot[r][:] + sum_j v[j][r] * P[j][:] for R consecutive head dims. Each key block's sum
+// starts from zero and joins the output once, which keeps the rounding error as low as a blocked GEMM's.
+template <int R>
+inline void output_tile(const float* v, int64_t v_row, const float* P, int keys, const __m512* alpha, float* Ot) {
+    __m512 acc[R][QUERY_VECTORS];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int j = 0; j < keys; ++j) {
+        __m512 pj[QUERY_VECTORS];
+        for (int c = 0; c < QUERY_VECTORS; ++c) pj[c] = _mm512_load_ps(P + j * QUERY_BLOCK + 16 * c);
+        for (int r = 0; r < R; ++r) {
+            const __m512 vr = _mm512_set1_ps(v[j * v_row + r]);
+            for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_fmadd_ps(vr, pj[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < QUERY_VECTORS; ++c) {
+            float* o = Ot + r * QUERY_BLOCK + 16 * c;
+            _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_load_ps(o), alpha[c], acc[r][c]));
+        }
+}
+
+// The last, narrower tiles: dispatch a run-time count below the full tile to its compiled size.
+template <int R>
+inline void score_tile_n(int n, const float* k, int64_t k_row, const float* Qt, int D, float* S) {
+    if (n == R) score_tile<R>(k, k_row, Qt, D, S);
+    else if constexpr (R > 1) score_tile_n<R - 1>(n, k, k_row, Qt, D, S);
+}
+
+template <int R>
+inline void output_tile_n(int n, const float* v, int64_t v_row, const float* P, int keys, const __m512* alpha,
+                          float* Ot) {
+    if (n == R) output_tile<R>(v, v_row, P, keys, alpha, Ot);
+    else if constexpr (R > 1) output_tile_n<R - 1>(n, v, v_row, P, keys, alpha, Ot);
+}
+
+struct Problem {
+    const float *q, *k, *v;
+    float* out;
+    int64_t batch, heads, queries, keys, dim;
+    int64_t q_stride[3], k_stride[3], v_stride[3], out_stride[3];  // batch, token, head (elements)
+    float scale;
+};
+
+struct Work {
+    const Problem* problem;
+    int64_t first_unit, end_unit;
+    float* scratch;  // 64-byte aligned, scratch_floats(dim) floats
+};
+
+inline int64_t scratch_floats(int64_t dim) { return (2 * dim + KEY_BLOCK) * QUERY_BLOCK; }
+
+void* run_units(void* arg) {
+    const Work& work = *static_cast<Work*>(arg);
+    const Problem& p = *work.problem;
+    const int D = (int)p.dim;
+    const int64_t query_blocks = (p.queries + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    float* Qt = work.scratch;                // D x 64 queries, transposed and scaled
+    float* Ot = Qt + D * QUERY_BLOCK;         // D x 64 outputs, transposed, not yet divided by the sum
+    float* S = Ot + D * QUERY_BLOCK;          // KEY_BLOCK x 64 scores, then weights
+    alignas(64) float inv_sum[QUERY_BLOCK];
+    for (int64_t unit = work.first_unit; unit < work.end_unit; ++unit) {
+        const int64_t bh = unit / query_blocks, b = bh / p.heads, h = bh % p.heads;
+        const int64_t q0 = unit % query_blocks * QUERY_BLOCK;
+        const int nq = (int)(p.queries - q0 < QUERY_BLOCK ? p.queries - q0 : QUERY_BLOCK);
+        const float* q = p.q + b * p.q_stride[0] + q0 * p.q_stride[1] + h * p.q_stride[2];
+        const float* k = p.k + b * p.k_stride[0] + h * p.k_stride[2];
+        const float* v = p.v + b * p.v_stride[0] + h * p.v_stride[2];
+        float* out = p.out + b * p.out_stride[0] + q0 * p.out_stride[1] + h * p.out_stride[2];
+        const int64_t k_row = p.k_stride[1], v_row = p.v_stride[1];
+
+        for (int d = 0; d < D; ++d)  // the scale is folded into the queries; missing queries are zeros
+            for (int i = 0; i < QUERY_BLOCK; ++i)
+                Qt[d * QUERY_BLOCK + i] = i < nq ? q[i * p.q_stride[1] + d] * p.scale : 0.0f;
+        memset(Ot, 0, sizeof(float) * D * QUERY_BLOCK);
+        __m512 running_max[QUERY_VECTORS], running_sum[QUERY_VECTORS];
+        for (int c = 0; c < QUERY_VECTORS; ++c) {
+            running_max[c] = _mm512_set1_ps(-INFINITY);
+            running_sum[c] = _mm512_setzero_ps();
+        }
+
+        for (int64_t j0 = 0; j0 < p.keys; j0 += KEY_BLOCK) {
+            const int nk = (int)(p.keys - j0 < KEY_BLOCK ? p.keys - j0 : KEY_BLOCK);
+            const float* kb = k + j0 * k_row;
+            int j = 0;
+            for (; j + SCORE_KEYS <= nk; j += SCORE_KEYS)
+                score_tile<SCORE_KEYS>(kb + j * k_row, k_row, Qt, D, S + j * QUERY_BLOCK);
+            if (j < nk) score_tile_n<SCORE_KEYS - 1>(nk - j, kb + j * k_row, k_row, Qt, D, S + j * QUERY_BLOCK);
+
+            __m512 block_max[QUERY_VECTORS], alpha[QUERY_VECTORS], block_sum[QUERY_VECTORS];
+            for (int c = 0; c < QUERY_VECTORS; ++c) block_max[c] = running_max[c];
+            for (j = 0; j < nk; ++j)
+                for (int c = 0; c < QUERY_VECTORS; ++c)
+                    block_max[c] = _mm512_max_ps(block_max[c], _mm512_load_ps(S + j * QUERY_BLOCK + 16 * c));
+            for (int c = 0; c < QUERY_VECTORS; ++c) {
+                alpha[c] = exp_ps(_mm512_sub_ps(running_max[c], block_max[c]));  // rescales what came before
+                running_max[c] = block_max[c];
+                block_sum[c] = _mm512_setzero_ps();
+            }
+            for (j = 0; j < nk; ++j)
+                for (int c = 0; c < QUERY_VECTORS; ++c) {
+                    float* s = S + j * QUERY_BLOCK + 16 * c;
+                    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_load_ps(s), block_max[c]));
+                    _mm512_store_ps(s, e);
+                    block_sum[c] = _mm512_add_ps(block_sum[c], e);
+                }
+            for (int c = 0; c < QUERY_VECTORS; ++c)
+                running_sum[c] = _mm512_fmadd_ps(running_sum[c], alpha[c], block_sum[c]);
+
+            const float* vb = v + j0 * v_row;
+            int d = 0;
+            for (; d + OUTPUT_DIMS <= D; d += OUTPUT_DIMS)
+                output_tile<OUTPUT_DIMS>(vb + d, v_row, S, nk, alpha, Ot + d * QUERY_BLOCK);
+            if (d < D) output_tile_n<OUTPUT_DIMS - 1>(D - d, vb + d, v_row, S, nk, alpha, Ot + d * QUERY_BLOCK);
+        }
+
+        for (int c = 0; c < QUERY_VECTORS; ++c)
+            _mm512_store_ps(inv_sum + 16 * c, _mm512_div_ps(_mm512_set1_ps(1.0f), running_sum[c]));
+        for (int i = 0; i < nq; ++i)
+            for (int d = 0; d < D; ++d) out[i * p.out_stride[1] + d] = Ot[d * QUERY_BLOCK + i] * inv_sum[i];
+    }
+    return nullptr;
+}
+
+}  // namespace
+
+// Strides are in elements, for (batch, token, head); each head's dim elements are contiguous. The units are
+// shared out evenly over `threads` threads (the caller's among them; work of a thread that cannot start runs
+// on the caller's). Returns 0, or -1 if the scratch memory could not be had (nothing is written then).
+extern "C" int controlnet_attention_f32(const float* q, const float* k, const float* v, float* out, int64_t batch,
+                                        int64_t heads, int64_t queries, int64_t keys, int64_t dim,
+                                        const int64_t* q_stride, const int64_t* k_stride, const int64_t* v_stride,
+                                        const int64_t* out_stride, float scale, int threads) {
+    const Problem problem{q, k, v, out, batch, heads, queries, keys, dim,
+                          {q_stride[0], q_stride[1], q_stride[2]}, {k_stride[0], k_stride[1], k_stride[2]},
+                          {v_stride[0], v_stride[1], v_stride[2]}, {out_stride[0], out_stride[1], out_stride[2]},
+                          scale};
+    const int64_t units = batch * heads * ((queries + QUERY_BLOCK - 1) / QUERY_BLOCK);
+    constexpr int MAX_THREADS = 256;
+    if (threads > units) threads = (int)units;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+    const int64_t per_thread = scratch_floats(dim);  // a multiple of 16 floats: every thread's part stays aligned
+    float* scratch = static_cast<float*>(aligned_alloc(64, sizeof(float) * per_thread * threads));
+    if (scratch == nullptr) return -1;
+    Work work[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    for (int t = 0; t < threads; ++t)
+        work[t] = Work{&problem, units * t / threads, units * (t + 1) / threads, scratch + per_thread * t};
+    int started = 1;
+    for (; started < threads; ++started)
+        if (pthread_create(&ids[started], nullptr, run_units, &work[started]) != 0) break;
+    for (int t = started; t < threads; ++t) run_units(&work[t]);  // threads that could not start: run here
+    run_units(&work[0]);
+    for (int t = 1; t < started; ++t) pthread_join(ids[t], nullptr);
+    free(scratch);
+    return 0;
+}
