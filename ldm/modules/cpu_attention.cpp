@@ -12,7 +12,7 @@
 // padding, and q, k and v are read where they lie (strided (batch, token, head) views of the projections).
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,8 +114,8 @@ struct Work {
 
 inline int64_t scratch_floats(int64_t dim) { return (2 * dim + KEY_BLOCK) * QUERY_BLOCK; }
 
-void* run_units(void* arg) {
-    const Work& work = *static_cast<Work*>(arg);
+void run_units(const Work* arg) {
+    const Work& work = *arg;
     const Problem& p = *work.problem;
     const int D = (int)p.dim;
     const int64_t query_blocks = (p.queries + QUERY_BLOCK - 1) / QUERY_BLOCK;
@@ -183,14 +183,15 @@ void* run_units(void* arg) {
         for (int i = 0; i < nq; ++i)
             for (int d = 0; d < D; ++d) out[i * p.out_stride[1] + d] = Ot[d * QUERY_BLOCK + i] * inv_sum[i];
     }
-    return nullptr;
 }
 
 }  // namespace
 
 // Strides are in elements, for (batch, token, head); each head's dim elements are contiguous. The units are
-// shared out evenly over `threads` threads (the caller's among them; work of a thread that cannot start runs
-// on the caller's). Returns 0, or -1 if the scratch memory could not be had (nothing is written then).
+// shared out evenly over `threads` OpenMP threads: torch's own pool when this library resolves to the libgomp
+// torch has loaded, so the threads are the ones torch's operators just used, not a second set competing with
+// them for the cores while they spin-wait. Returns 0, or -1 if the scratch memory could not be had (nothing is
+// written then).
 extern "C" int controlnet_attention_f32(const float* q, const float* k, const float* v, float* out, int64_t batch,
                                         int64_t heads, int64_t queries, int64_t keys, int64_t dim,
                                         const int64_t* q_stride, const int64_t* k_stride, const int64_t* v_stride,
@@ -200,23 +201,17 @@ extern "C" int controlnet_attention_f32(const float* q, const float* k, const fl
                           {v_stride[0], v_stride[1], v_stride[2]}, {out_stride[0], out_stride[1], out_stride[2]},
                           scale};
     const int64_t units = batch * heads * ((queries + QUERY_BLOCK - 1) / QUERY_BLOCK);
-    constexpr int MAX_THREADS = 256;
     if (threads > units) threads = (int)units;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
     const int64_t per_thread = scratch_floats(dim);  // a multiple of 16 floats: every thread's part stays aligned
     float* scratch = static_cast<float*>(aligned_alloc(64, sizeof(float) * per_thread * threads));
     if (scratch == nullptr) return -1;
-    Work work[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    for (int t = 0; t < threads; ++t)
-        work[t] = Work{&problem, units * t / threads, units * (t + 1) / threads, scratch + per_thread * t};
-    int started = 1;
-    for (; started < threads; ++started)
-        if (pthread_create(&ids[started], nullptr, run_units, &work[started]) != 0) break;
-    for (int t = started; t < threads; ++t) run_units(&work[t]);  // threads that could not start: run here
-    run_units(&work[0]);
-    for (int t = 1; t < started; ++t) pthread_join(ids[t], nullptr);
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        Work work{&problem, units * t / n, units * (t + 1) / n, scratch + per_thread * t};
+        run_units(&work);
+    }
     free(scratch);
     return 0;
 }

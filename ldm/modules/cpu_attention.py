@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
-COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mfma", "-shared", "-fPIC", "-pthread")
+COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC")
 # With fewer queries (the 8x8 level's 64) torch's kernel is as fast or faster: too little work per head.
 MIN_QUERIES = 128
 
