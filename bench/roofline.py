@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula, sdpa_flop_count
 
 from bench.bench_sampling import build
-from ldm.modules import cpu_attention
+from ldm.modules import cpu_kernels
 from ldm.modules.layers import SGEMM_MAX_PIXELS, Conv2d, TokenLinear
 
 # Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix). Two of
@@ -34,7 +34,8 @@ KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul",
          "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention",
          "mkldnn._linear_pointwise": "matmul", "mkldnn::_linear_pointwise": "matmul",
          "mkldnn._convolution_pointwise": "conv", "mkldnn::_convolution_pointwise": "conv",
-         "controlnet.cpu_attention": "attention", "controlnet::cpu_attention": "attention"}
+         "controlnet.attention": "attention", "controlnet::attention": "attention",
+         "controlnet.winograd_conv3x3": "conv", "controlnet::winograd_conv3x3": "conv"}
 
 
 # torch counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention picks here.
@@ -57,11 +58,18 @@ def _onednn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int
     return conv_flop_count(x_shape, w_shape, out_shape)
 
 
-# And our AVX-512 attention kernel (ldm.modules.cpu_attention): (b, n, width) queries over (b, m, width) keys.
-@register_flop_formula(torch.ops.controlnet.cpu_attention)
+# And our AVX-512 kernels (ldm.modules.cpu_kernels). Attention: (b, n, width) queries over (b, m, width) keys.
+@register_flop_formula(torch.ops.controlnet.attention)
 def _our_attention_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
     batch, queries, width = q_shape
     return 4 * batch * queries * k_shape[1] * width
+
+
+# The Winograd convolution counts as the direct convolution it replaces (its own multiplications are 4/9 of
+# that), so "GFLOP/s" stays comparable: work done per second, not operations executed.
+@register_flop_formula(torch.ops.controlnet.winograd_conv3x3)
+def _our_winograd_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape)
 
 
 def _op_kind(op) -> str:
@@ -125,20 +133,23 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def best_rates(latent: int, channels: int, heads: int, repeats: int = 5) -> dict:
-    """Best GFLOP/s of each kind on the step's first-level shapes (where most of its work is): a 3x3 conv;
+    """Best GFLOP/s of each kind on the step's first-level shapes (where most of its work is): a 3x3 conv
+    (the faster of oneDNN's and our Winograd kernel's, where it runs);
     the transformer's matrix products (d -> d, d -> 8d, 4d -> d, each as torch's addmm and as the same product
     run by oneDNN as a 1x1 convolution of a channels-last image), the best of them; self-attention, the
-    faster of torch's kernel and ours (ldm.modules.cpu_attention) where ours runs."""
+    faster of torch's kernel and ours (ldm.modules.cpu_kernels) where ours runs."""
     tokens = latent * latent
     x, w = torch.randn(2, channels, latent, latent), torch.randn(channels, channels, 3, 3)
     q = torch.randn(2, heads, tokens, channels // heads)
     with torch.inference_mode():
         conv = _median_seconds(lambda: F.conv2d(x, w, padding=1), repeats)
+        if cpu_kernels.winograd_supported(x, w):  # its rate counted as the direct convolution's work
+            conv = min(conv, _median_seconds(lambda: cpu_kernels.winograd_conv3x3(x, w, None), repeats))
         attention = _median_seconds(lambda: F.scaled_dot_product_attention(q, q, q), repeats)
         tokens_q = q.transpose(1, 2).reshape(2, tokens, channels)
-        if cpu_attention.supports(tokens_q, tokens_q, tokens_q):
+        if cpu_kernels.attention_supported(tokens_q, tokens_q, tokens_q):
             attention = min(attention, _median_seconds(
-                lambda: cpu_attention.attention(tokens_q, tokens_q, tokens_q, heads), repeats))
+                lambda: cpu_kernels.attention(tokens_q, tokens_q, tokens_q, heads), repeats))
         matmul = 0.0
         for k, n in ((channels, channels), (channels, 8 * channels), (4 * channels, channels)):
             a, b, bias = torch.randn(2 * tokens, k), torch.randn(n, k), torch.randn(n)

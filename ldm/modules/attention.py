@@ -2,7 +2,7 @@
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention``, which picks the fused kernel
 for the device and dtype (its default scale is upstream's ``dim_head ** -0.5``), except for float32 inference
-on CPUs with AVX-512, where ``ldm.modules.cpu_attention``'s kernel computes the same thing faster.
+on CPUs with AVX-512, where ``ldm.modules.cpu_kernels.attention`` computes the same thing faster.
 
 ``FeedForward`` runs its 8x-wide hidden layer over a bounded number of tokens at a time, and the linear
 layers are ``TokenLinear`` (see ``ldm.modules.layers``): same maths, same checkpoint keys, faster on CPU.
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.modules import cpu_attention
+from ldm.modules import cpu_kernels
 from ldm.modules.diffusionmodules.util import maybe_checkpoint, repeat_rows, zero_module
 from ldm.modules.layers import Conv2d, GatedLinear, TokenLinear
 
@@ -25,8 +25,8 @@ FEED_FORWARD_ROWS = 2048
 
 def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Scaled dot-product attention of (b, n, heads * d) queries over (b, m, heads * d) keys and values."""
-    if cpu_attention.supports(q, k, v):
-        return cpu_attention.attention(q, k, v, heads)
+    if cpu_kernels.attention_supported(q, k, v):
+        return cpu_kernels.attention(q, k, v, heads)
     out = F.scaled_dot_product_attention(*(rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v)))
     return rearrange(out, "b h n d -> b n (h d)")
 

@@ -1,4 +1,4 @@
-// Multi-head softmax attention in float32 for x86-64 CPUs with AVX-512F (see cpu_attention.py for why).
+// Multi-head softmax attention in float32 for x86-64 CPUs with AVX-512F (see cpu_kernels.py for why).
 //
 // out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h, :] . k[b, j, h, :]) v[b, j, h, :]
 //

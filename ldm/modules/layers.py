@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.modules import cpu_kernels
 from ldm.util import release_free_memory
 
 
@@ -218,11 +219,23 @@ SGEMM_MAX_PIXELS = 128
 
 
 class Conv2d(PackableWeight, nn.Conv2d):
-    """``nn.Conv2d``; on CPU in float32 with few output pixels, an unfold + matrix product. Packed
-    (``pack_weights``), always oneDNN's convolution."""
+    """``nn.Conv2d``; on CPU in float32 with few output pixels, an unfold + matrix product. A 3x3 convolution
+    with stride 1 and padding 1 on large enough images, with no graph to record, runs as Winograd's F(2x2, 3x3)
+    where our CPU kernels run (``ldm.modules.cpu_kernels``; it needs the plain weight, so such a layer packs
+    only at its first call that does not take that route). Packed (``pack_weights``), oneDNN's convolution."""
 
     def _packable(self) -> bool:
         return self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
+    def _winograd_shaped(self) -> bool:
+        """Whether calls may take the Winograd route (the input decides: ``cpu_kernels.winograd_supported``)."""
+        return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+                and self.in_channels * self.out_channels <= cpu_kernels.WINOGRAD_MAX_WEIGHTS)
+
+    @property
+    def pack_eagerly(self) -> bool:
+        return not (self._winograd_shaped() and cpu_kernels.available())
 
     def _pack(self, shape: Optional[torch.Size]) -> torch.Tensor:
         # oneDNN picks the layout for an input shape; its 1x1 convolutions are ~5x slower with none given,
@@ -234,6 +247,9 @@ class Conv2d(PackableWeight, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._packable():
             return super().forward(x)
+        if (self._packed is None and self._winograd_shaped()
+                and cpu_kernels.winograd_supported(x, self.weight, self.bias)):
+            return cpu_kernels.winograd_conv3x3(x, self.weight, self.bias)
         packed = self._packed_weight(x)
         if packed is not None:
             return _onednn_conv(x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation),
