@@ -8,7 +8,7 @@ Why: on this AMD Zen 4 CPU, torch's float32 kernels leave two kinds of work well
   level's self-attention is a fifth of a 512 px step). Same maths: blocked online softmax in float32, scale
   ``dim_head ** -0.5``, error against float64 on par with torch's.
 * 3x3 convolutions, already at the peak with oneDNN, have 2.25x less arithmetic with Winograd's F(2x2, 3x3):
-  ``winograd_conv3x3`` takes the 64x64 and 32x32 levels' convolutions in 0.5-0.75x oneDNN's time, at about
+  ``winograd_conv3x3`` takes the 64x64 and 32x32 levels' convolutions in 0.5-0.77x oneDNN's time, at about
   twice the float32 rounding error of a direct convolution (~1e-6 relative).
 
 ``attention_supported`` / ``winograd_supported`` say where each runs: inference (no graph to record) on CPU
@@ -36,9 +36,9 @@ COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mfma", "-fopenmp", "-shared
 MIN_QUERIES = 128
 # Winograd pays from 32x32 images (1.3-1.6x oneDNN there, 1.7-2x at 64x64; 0.65x at 16x16) ...
 WINOGRAD_MIN_PIXELS = 32 * 32
-# ... and is used while its transformed weights (16 / 9 of the weight, made at each call) stay within 32 MiB,
-# glibc's largest reusable block: the UNet's 1280- and 1920-channel convolutions at 32x32 stay on oneDNN.
-WINOGRAD_MAX_WEIGHTS = 2**19  # in_channels * out_channels
+# Its transformed weights (16 / 9 of the weight) are made at each call, for at most this many channel pairs at
+# a time (32 MiB, glibc's largest reusable block): larger weights run in output-channel slices.
+WINOGRAD_SLICE_WEIGHTS = 2**19  # in_channels * out_channels
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,10 @@ def attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bo
 def winograd_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
     """Whether ``winograd_conv3x3(x, weight, bias)`` runs here (the convolution's stride 1 and padding 1 being
     the caller's to check): a float32 CPU batch of images with even sides of at least ``WINOGRAD_MIN_PIXELS``,
-    a 3x3 weight of at most ``WINOGRAD_MAX_WEIGHTS`` channel pairs, no autograd graph."""
+    a 3x3 weight, no autograd graph."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (_inference_on_cpu_float32(*tensors) and x.dim() == 4 and weight.dim() == 4
-            and weight.shape[1:] == (x.shape[1], 3, 3) and weight.shape[0] * weight.shape[1] <= WINOGRAD_MAX_WEIGHTS
-            and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.shape[2] * x.shape[3] >= WINOGRAD_MIN_PIXELS
+            and weight.shape[1:] == (x.shape[1], 3, 3) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.shape[2] * x.shape[3] >= WINOGRAD_MIN_PIXELS
             and available())
 
 
@@ -167,8 +166,16 @@ def _(q, k, v, heads):
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 ``weight``, by Winograd's F(2x2, 3x3). Check
     ``winograd_supported`` first."""
-    x, weight = x.contiguous(), weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
+    x = x.contiguous()
+    slice_channels = max(1, WINOGRAD_SLICE_WEIGHTS // x.shape[1])
+    if weight.shape[0] <= slice_channels:
+        return _winograd(x, weight.contiguous(), None if bias is None else bias.contiguous())
+    biases = [None] * weight.shape[0] if bias is None else bias.split(slice_channels)
+    return torch.cat([_winograd(x, w.contiguous(), None if b is None else b.contiguous())
+                      for w, b in zip(weight.split(slice_channels), biases)], dim=1)
+
+
+def _winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     batch, channels, height, width = x.shape
     out = x.new_empty(batch, weight.shape[0], height, width)
     _run(_library().controlnet_winograd_conv3x3_f32, x.data_ptr(), weight.data_ptr(),

@@ -230,8 +230,7 @@ class Conv2d(PackableWeight, nn.Conv2d):
     def _winograd_shaped(self) -> bool:
         """Whether calls may take the Winograd route (the input decides: ``cpu_kernels.winograd_supported``)."""
         return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
-                and self.in_channels * self.out_channels <= cpu_kernels.WINOGRAD_MAX_WEIGHTS)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
 
     @property
     def pack_eagerly(self) -> bool:
