@@ -170,9 +170,10 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     slice_channels = max(1, WINOGRAD_SLICE_WEIGHTS // x.shape[1])
     if weight.shape[0] <= slice_channels:
         return _winograd(x, weight.contiguous(), None if bias is None else bias.contiguous())
-    biases = [None] * weight.shape[0] if bias is None else bias.split(slice_channels)
+    weights = weight.split(slice_channels)
+    biases = [None] * len(weights) if bias is None else bias.split(slice_channels)
     return torch.cat([_winograd(x, w.contiguous(), None if b is None else b.contiguous())
-                      for w, b in zip(weight.split(slice_channels), biases)], dim=1)
+                      for w, b in zip(weights, biases)], dim=1)
 
 
 def _winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Drop-in subclasses of ``nn.Linear`` / ``nn.Conv2d`` (same parameters, same checkpoint keys) that pick the
-faster of torch's CPU kernels for the UNet's float32 shapes, large weights run through oneDNN in slices, and
-the upsampler's convolution computed without upsampling. Elsewhere (GPU, half precision, other shapes)
+faster of torch's CPU kernels for the UNet's float32 shapes, large weights run through oneDNN in slices, the
+upsampler's convolution computed without upsampling, and 3x3 convolutions on large images by Winograd's
+algorithm where our AVX-512 kernels run (``ldm.modules.cpu_kernels``). Elsewhere (GPU, half precision, other shapes)
 they are the plain operations. For inference, ``pack_weights`` lets these layers hold their weights in
 oneDNN's own layout. Measurements: ``bench/roofline.py`` and the README's speed section.
 """
