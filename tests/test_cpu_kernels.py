@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ldm.modules import cpu_kernels
 from ldm.modules.attention import CrossAttention, multihead_attention
-from ldm.modules.layers import Conv2d, pack_weights
+from ldm.modules.layers import Conv2d, UpsampleConv2d, pack_weights
 
 needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="no AVX-512 CPU or no C++ compiler")
 
@@ -203,3 +203,17 @@ def test_winograd_layers_pack_only_when_an_input_takes_another_route():
     assert large.shape == again.shape == (1, 8, 32, 32) and small.shape == (1, 8, 8, 8)
     for k, v in winograd.state_dict().items():
         assert torch.equal(v, weights[k])
+
+
+@needs_kernel
+def test_upsampler_runs_winograd_on_the_upsampled_image_for_inference():
+    torch.manual_seed(0)
+    conv = UpsampleConv2d(8, 12, 3, padding=1)
+    x = torch.randn(2, 8, 16, 16)  # upsampled: 32x32, Winograd's smallest
+    assert cpu_kernels.winograd_supported(x, conv.weight.detach(), upsampled=True)
+    assert not cpu_kernels.winograd_supported(x, conv.weight.detach())
+    reference = F.conv2d(F.interpolate(x.double(), scale_factor=2), conv.weight.double(), conv.bias.double(),
+                         padding=1)
+    with torch.no_grad():
+        assert _relative_error(conv(x), reference) < 1e-6
+    assert _relative_error(conv(x), reference) < 1e-6  # with a graph: the phase convolutions

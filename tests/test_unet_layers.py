@@ -215,7 +215,8 @@ def test_upsample_conv3x3_is_upsample_then_conv_values_and_grads(h, w):
 @pytest.mark.parametrize("packed", [False, True])
 def test_upsample_conv2d_takes_the_input_before_upsampling(packed):
     """Plain: phase convolutions from 256 input pixels. With packing enabled: phase convolutions of the plain
-    weight from 1024 pixels (the layer then never packs), the packed convolution below (packed at that call)."""
+    weight from 1024 pixels (the layer then never packs), the packed convolution below (packed at that call).
+    Where the Winograd kernel runs, it takes the large input's upsampled image instead (no packing either)."""
     torch.manual_seed(0)
     conv = UpsampleConv2d(12, 20, 3, padding=1)
     weight, bias = conv.weight.detach().clone(), conv.bias.detach().clone()

@@ -129,14 +129,17 @@ def attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bo
             and q.shape[1] >= MIN_QUERIES and k.shape[1] == v.shape[1] > 0 and available())
 
 
-def winograd_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
+def winograd_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                       upsampled: bool = False) -> bool:
     """Whether ``winograd_conv3x3(x, weight, bias)`` runs here (the convolution's stride 1 and padding 1 being
     the caller's to check): a float32 CPU batch of images with even sides of at least ``WINOGRAD_MIN_PIXELS``,
-    a 3x3 weight, no autograd graph."""
+    a 3x3 weight, no autograd graph. ``upsampled``: whether it runs on ``x`` upsampled 2x instead."""
+    if x.dim() != 4 or weight.shape[1:] != (x.shape[1], 3, 3):
+        return False
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (_inference_on_cpu_float32(*tensors) and x.dim() == 4 and weight.dim() == 4
-            and weight.shape[1:] == (x.shape[1], 3, 3) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.shape[2] * x.shape[3] >= WINOGRAD_MIN_PIXELS
-            and available())
+    height, width = (2 * x.shape[2], 2 * x.shape[3]) if upsampled else x.shape[2:]
+    return (_inference_on_cpu_float32(*tensors) and height % 2 == 0 and width % 2 == 0
+            and height * width >= WINOGRAD_MIN_PIXELS and available())
 
 
 def _run(entry, *args) -> None:

@@ -281,7 +281,9 @@ class Conv2d(PackableWeight, nn.Conv2d):
 # four 2x2 convolutions of the input (upsample_conv3x3): against the plain convolution 1.9x faster at the
 # UNet's 32x32 -> 64x64 upsampler, 1.25x at 16x16 -> 32x32, slower at 8x8 -> 16x16, where building the four
 # kernels costs more than they save. Against a packed convolution (pack_weights) they win at 32x32 only
-# (0.66x its time at 640 channels; 1.4x at 16x16 and 1280 channels).
+# (0.66x its time at 640 channels; 1.4x at 16x16 and 1280 channels). Where the Winograd kernel takes the
+# upsampled image (ldm.modules.cpu_kernels) it beats both: 0.86x the phases at 32x32 and 640 channels,
+# 0.5x at 16x16 and 1280.
 UPSAMPLE_PHASES_MIN_PIXELS = 256
 UPSAMPLE_PHASES_MIN_PIXELS_PACKED = 1024
 
@@ -290,14 +292,15 @@ class UpsampleConv2d(Conv2d):
     """The 3x3 convolution of a 2x nearest upsampler, given the input before upsampling:
     ``forward(x) == conv2d(interpolate(x, scale_factor=2), weight, bias, padding=1)`` (same parameters and
     keys as the plain convolution). Large inputs run as four phase convolutions of the plain weight
-    (``upsample_conv3x3``); others as the convolution of the upsampled input, packed once packing is enabled.
-    Since the route depends on the input size, ``pack_weights`` leaves this layer to pack at its first call
-    that takes the convolution route."""
+    (``upsample_conv3x3``), unless the Winograd kernel takes the upsampled input; others as the convolution
+    of the upsampled input (``Conv2d``'s routes), packed once packing is enabled. Since the route depends on
+    the input size, ``pack_weights`` leaves this layer to pack at its first call that takes a packed route."""
     pack_eagerly = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         min_pixels = UPSAMPLE_PHASES_MIN_PIXELS_PACKED if self.packing else UPSAMPLE_PHASES_MIN_PIXELS
-        if self._packed is None and _cpu_float32(x) and x.shape[2] * x.shape[3] >= min_pixels:
+        if (self._packed is None and _cpu_float32(x) and x.shape[2] * x.shape[3] >= min_pixels
+                and not cpu_kernels.winograd_supported(x, self.weight, self.bias, upsampled=True)):
             return upsample_conv3x3(x, self.weight, self.bias)
         return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
 
