@@ -59,8 +59,11 @@ def load_state_dict(path: str, location: str = "cpu") -> Dict[str, torch.Tensor]
             sd = load_file(path, device=str(location))
         else:
             sd = _torch_load(path, location)
-    except Exception as e:  # corrupt, truncated or pickled-code files all end here
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # corrupt, truncated, empty or pickled-code files all end here
+        first_line = next(iter(str(e).splitlines()), "") or "no details"  # some errors have an empty message
+        what = ("the file is empty (0 bytes): an interrupted download?" if os.path.getsize(path) == 0
+                else f"{type(e).__name__}: {first_line}")
+        raise CheckpointError(f"cannot read checkpoint {path}: {what}") from e
     while isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -71,3 +71,22 @@ def test_shape_mismatch_lists_keys(tiny_sd):
     bad["control_model.zero_convs.0.0.weight"] = torch.zeros(1, 1, 1, 1)
     with pytest.raises(CheckpointError, match=r"zero_convs.0.0.weight: file \[1, 1, 1, 1\] vs model \[32, 32, 1, 1\]"):
         load_checkpoint(build_tiny(), bad, source="bad.pth")
+
+
+@pytest.mark.parametrize("ext", [".safetensors", ".pth", ".ckpt"])
+def test_empty_file_is_a_clean_error_naming_the_file(tmp_path, ext):
+    path = tmp_path / f"empty{ext}"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint .*empty{ext}: the file is empty \(0 bytes\)"):
+        load_state_dict(str(path))
+
+
+@pytest.mark.parametrize("ext", [".safetensors", ".pth"])
+@pytest.mark.parametrize("keep", [1, 8, 64, 512])
+def test_file_cut_anywhere_is_a_clean_error(tmp_path, tiny_sd, ext, keep):
+    path = tmp_path / f"full{ext}"
+    save_state_dict(tiny_sd, str(path))
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint .*cut{ext}: "):
+        load_state_dict(str(cut))
