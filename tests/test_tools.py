@@ -101,12 +101,15 @@ def test_transfer_control_arithmetic():
         twin = "model.diffusion_model." + name
         expected = control["control_model." + name] + new_base[twin] - base[twin]
         assert torch.allclose(out["control_model." + name], expected)
-        assert torch.equal(out[twin], new_base[twin])
+        # the control file's own UNet (trained when sd_locked=False) moves by the same difference (upstream)
+        assert torch.allclose(out[twin], control[twin] + new_base[twin] - base[twin])
     assert torch.equal(out["control_model.zero_convs.0.0.weight"], control["control_model.zero_convs.0.0.weight"])
     for k in ("first_stage_model.decoder.conv_in.weight", "cond_stage_model.transformer.final.weight"):
         assert torch.equal(out[k], new_base[k])
     assert torch.equal(out["betas"], control["betas"])
     assert report["kept"] == ["control_model.zero_convs.0.0.weight"]
+    assert sorted(report["offset"]) == sorted("model.diffusion_model." + n for n in ("input_blocks.0.0.weight",
+                                                                                     "middle_block.0.bias"))
     assert report["kept_missing_in_new_base"] == ["betas"]
 
 
@@ -132,3 +135,27 @@ def test_transfer_control_cli(tmp_path, capsys):
     assert set(load_state_dict(paths["out"])) == set(_synthetic()[1])
     with pytest.raises(SystemExit, match="already exists"):
         transfer_control_cli(argv)
+
+
+def test_transfer_control_keeps_unet_offsets_of_an_unlocked_controlnet():
+    """An sd_locked=False ControlNet's decoder differs from its base: that difference survives the move."""
+    base, control, new_base = _synthetic()
+    key = "model.diffusion_model.middle_block.0.bias"
+    control[key] = base[key] + 0.5  # what training changed
+    out, _ = transfer_control(base, control, new_base)
+    assert torch.allclose(out[key], new_base[key] + 0.5)
+
+
+def test_transfer_control_refuses_a_control_file_without_controlnet(tmp_path):
+    base, control, new_base = _synthetic()
+    plain_sd = {k: v for k, v in control.items() if not k.startswith("control_model.")}
+    paths = {name: str(tmp_path / f"{name}.safetensors") for name in ("base", "control", "new")}
+    for name, sd in zip(("base", "control", "new"), (base, plain_sd, new_base)):
+        save_state_dict(sd, paths[name])
+    out = tmp_path / "out.pth"
+    with pytest.raises(SystemExit, match=r"control\.safetensors holds no ControlNet") as err:
+        transfer_control_cli(["--base", paths["base"], "--control", paths["control"], "--new-base", paths["new"],
+                              "--out", str(out)])
+    assert err.value.code != 0 and not isinstance(err.value.code, int)  # a message: Python exits with 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "control.safetensors",
+                                                          "new.safetensors"]

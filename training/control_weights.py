@@ -5,7 +5,7 @@
   section 3.2); the keys without a counterpart (the hint block and the 13 zero convs) keep their fresh
   initialisation, whose last layers are zero so the new model equals the SD model.
 * ``transfer_control``: move a ControlNet trained on one base model onto another (e.g. SD1.5 -> Anything v3)
-  by adding the base models' difference to the ControlNet's UNet-copy weights.
+  by adding the base models' difference to the ControlNet's UNet-copy weights and to the file's own UNet.
 
 Inputs are never modified; outputs are written atomically and never over an existing file.
 """
@@ -75,34 +75,42 @@ def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
 
 
 def transfer_control(base: Mapping[str, torch.Tensor], control: Mapping[str, torch.Tensor],
-                     new_base: Mapping[str, torch.Tensor]) -> Tuple[StateDict, Dict[str, List[str]]]:
-    """control + (new_base - base) on every ``control_model.X`` whose ``model.diffusion_model.X`` both bases hold;
-    every other key of ``control`` from ``new_base`` (VAE, text encoder, UNet). Returns (state dict, report) where
-    the report lists the keys 'transferred', 'kept' (no UNet counterpart: hint block, zero convs) and
-    'kept_missing_in_new_base'."""
+                     new_base: Mapping[str, torch.Tensor],
+                     source: str = "the control checkpoint") -> Tuple[StateDict, Dict[str, List[str]]]:
+    """Upstream's transfer: every key ``k`` of ``control`` becomes ``control[k] + (new_base[t] - base[t])`` where
+    ``t`` is its base-model twin (``model.diffusion_model.X`` for ``control_model.X``, ``k`` itself otherwise)
+    and both bases hold ``t``; else it is kept as is. The VAE and text encoder come from ``new_base``.
+
+    So the UNet keeps what the ControlNet training changed in it (the decoder of an ``sd_locked=False`` run) on
+    top of the new base. Keys ``control`` lacks are not written, as upstream. Returns (state dict, report) where
+    the report lists the keys 'transferred' (ControlNet), 'offset' (other keys moved by the bases' difference),
+    'kept' (ControlNet keys without a UNet twin: hint block, zero convs) and 'kept_missing_in_new_base'.
+    Raises ``CheckpointError`` when ``control`` holds no ControlNet or the bases' shapes differ.
+    """
+    if not any(k.startswith(CONTROL) for k in control):
+        raise CheckpointError(f"{source} holds no ControlNet (no {CONTROL}* keys): the control file must be a "
+                              "ControlNet checkpoint such as control_sd15_openpose.pth, not a plain SD one")
     out: StateDict = {}
-    report: Dict[str, List[str]] = {"transferred": [], "kept": [], "kept_missing_in_new_base": []}
+    report: Dict[str, List[str]] = {"transferred": [], "offset": [], "kept": [], "kept_missing_in_new_base": []}
     for key, value in control.items():
-        if key.startswith(CONTROL):
-            twin = unet_counterpart(key)
-            if twin in base and twin in new_base:
-                if not base[twin].shape == new_base[twin].shape == value.shape:
-                    raise CheckpointError(f"{twin}: shapes differ (base {list(base[twin].shape)}, new base "
-                                          f"{list(new_base[twin].shape)}, control {list(value.shape)}); "
-                                          "are the base models of the same family?")
-                delta = new_base[twin].float() - base[twin].float()
-                out[key] = (value.float() + delta).to(value.dtype)
-                report["transferred"].append(key)
-            else:
-                out[key] = value
-                report["kept"].append(key)
-        elif key in new_base:
+        if key.startswith(FROZEN_PARTS):
+            if key not in new_base:
+                raise CheckpointError(f"the new base model lacks {key}: is it a full Stable Diffusion checkpoint?")
             out[key] = new_base[key]
-        elif key.startswith(FROZEN_PARTS):
-            raise CheckpointError(f"the new base model lacks {key}: is it a full Stable Diffusion checkpoint?")
+            continue
+        is_control = key.startswith(CONTROL)
+        twin = unet_counterpart(key) if is_control else key
+        if twin in base and twin in new_base:
+            if not base[twin].shape == new_base[twin].shape == value.shape:
+                raise CheckpointError(f"{twin}: shapes differ (base {list(base[twin].shape)}, new base "
+                                      f"{list(new_base[twin].shape)}, control {list(value.shape)}); "
+                                      "are the base models of the same family?")
+            delta = new_base[twin].double() - base[twin].double()
+            out[key] = (value.double() + delta).to(value.dtype)
+            report["transferred" if is_control else "offset"].append(key)
         else:
             out[key] = value
-            report["kept_missing_in_new_base"].append(key)
+            report["kept" if is_control else "kept_missing_in_new_base"].append(key)
     return out, report
 
 
@@ -144,12 +152,13 @@ def transfer_control_cli(argv: Optional[Sequence[str]] = None) -> None:
     _refuse_existing(args.out)
     with _user_errors():
         base, control, new_base = (load_state_dict(p) for p in (args.base, args.control, args.new_base))
-        out, report = transfer_control(base, control, new_base)
+        out, report = transfer_control(base, control, new_base, source=args.control)
         save_state_dict(out, args.out)
     print(f"Transferred {len(report['transferred'])} ControlNet tensors, kept {len(report['kept'])} "
-          f"(hint block, zero convs); {len(out)} tensors written to {args.out}")
+          f"(hint block, zero convs); {len(report['offset'])} other tensors moved by the same base difference; "
+          f"{len(out)} tensors written to {args.out}")
     if report["kept_missing_in_new_base"]:
-        print(f"Kept from the control file (absent from the new base): {report['kept_missing_in_new_base']}")
+        print(f"Kept as in the control file (absent from a base): {report['kept_missing_in_new_base']}")
 
 
 def _refuse_existing(path: str) -> None:
