@@ -121,12 +121,19 @@ class LoadReport:
         return "tolerated " + "; ".join(parts) if parts else "exact match"
 
 
-def _family(keys: Iterable[str]) -> str:
+def _family(keys: Iterable[str], config: Optional[str] = None) -> str:
+    """What a file with these keys looks like; for SD, which config fits it (unless ``config``, in use, is it)."""
     keys = list(keys)
+
+    def sd(name: str, encoder: str, fitting: str) -> str:
+        if config is not None and os.path.basename(config) == os.path.basename(fitting):
+            return f"{name} ({encoder}), the family of {config}, but with another layout"
+        return f"{name} ({encoder}, use {fitting})"
+
     if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "Stable Diffusion 2.x (OpenCLIP text encoder, use models/cldm_v21.yaml)"
+        return sd("Stable Diffusion 2.x", "OpenCLIP text encoder", "models/cldm_v21.yaml")
     if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "Stable Diffusion 1.x (CLIP text encoder, use models/cldm_v15.yaml)"
+        return sd("Stable Diffusion 1.x", "CLIP text encoder", "models/cldm_v15.yaml")
     if any("lora" in k.lower() for k in keys[:50]):
         return "a LoRA (not a full checkpoint)"
     if keys and not any(k.startswith(("model.diffusion_model.", "control_model.")) for k in keys):
@@ -140,12 +147,13 @@ def _examples(keys: Sequence[str], n: int = 5) -> str:
 
 
 def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], allow_missing: Sequence[str] = (),
-                     source: str = "<state dict>") -> LoadReport:
+                     source: str = "<state dict>", config: Optional[str] = None) -> LoadReport:
     """Compare ``sd``'s keys and shapes with ``model``'s (a ``meta`` model is enough) without loading anything.
 
     Strict but for ``KNOWN_DRIFTS`` and the key prefixes in ``allow_missing`` (e.g. ``('control_model.',)``
     to start a ControlNet from an SD file). Raises ``CheckpointError`` naming the file, the likely family of
-    the file and the mismatched keys; otherwise the report's ``missing`` lists the allowed-absent keys.
+    the file (``config``: the model's yaml, not suggested again) and the mismatched keys; otherwise the report's
+    ``missing`` lists the allowed-absent keys.
     """
     own = model.state_dict()
     report = LoadReport()
@@ -171,7 +179,7 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], all
     mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
                   for k in sd if k in own and sd[k].shape != own[k].shape]
     if report.missing or report.unexpected or mismatched:
-        lines = [f"checkpoint {source} does not fit {type(model).__name__}; the file looks like: {_family(sd)}"]
+        lines = [f"checkpoint {source} does not fit {type(model).__name__}; the file looks like: {_family(sd, config)}"]
         if mismatched:
             lines.append(f"  {len(mismatched)} keys with other shapes: {_examples(mismatched, 3)}")
         if report.missing:

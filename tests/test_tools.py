@@ -67,10 +67,24 @@ def test_add_control_cli(sd_state_dict, tmp_path, capsys):
         add_control_cli("unused-in", "unused-out", TINY_CLDM, [str(tmp_path / "missing.ckpt"), out_path + ".new"])
     with pytest.raises(SystemExit, match="already holds a ControlNet"):
         add_control_cli("unused-in", "unused-out", TINY_CLDM, [out_path, str(tmp_path / "o.ckpt")])
-    with pytest.raises(SystemExit, match="does not fit"):  # a tiny SD against the SD1.5 config
-        sd15_config = str(ROOT / "models" / "cldm_v15.yaml")
+    sd15_config = str(ROOT / "models" / "cldm_v15.yaml")
+    with pytest.raises(SystemExit, match="does not fit") as err:  # a tiny SD against the SD1.5 config
         add_control_cli("unused-in", "unused-out", sd15_config, [sd_path, str(tmp_path / "o.ckpt")])
+    # it is an SD 1.x file, but the config it should use is not the one in use already
+    assert "Stable Diffusion 1.x" in str(err.value) and "use models/cldm_v15.yaml" not in str(err.value)
+    assert "the family of " + sd15_config in str(err.value)
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_add_control_writes_logvar_when_the_sd_file_lacks_it(sd_state_dict):
+    """Upstream writes every key of the model, so a file without `logvar` (older SD training code) gets the
+    config's value (logvar_init, 0) and the key is reported as newly added."""
+    without = {k: v for k, v in sd_state_dict.items() if k != "logvar"}
+    out, fresh = add_control(without, TINY_CLDM)
+    assert "logvar" in fresh and torch.equal(out["logvar"], torch.zeros_like(sd_state_dict["logvar"]))
+    assert out["logvar"].dtype == torch.float32
+    report = load_checkpoint(build_tiny(TINY_CLDM), out)
+    assert not report.missing and not report.tolerated
 
 
 def _synthetic():

@@ -17,8 +17,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from cldm.model import (CheckpointError, check_state_dict, create_control_net, create_model, load_state_dict,
-                        save_state_dict)
+from cldm.model import (CheckpointError, check_state_dict, create_control_net, create_model, load_model_config,
+                        load_state_dict, save_state_dict)
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,16 @@ def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
     """SD state dict -> (ControlLDM state dict, keys newly initialised).
 
     The ControlLDM is built on the meta device (keys and shapes only); only its ControlNet is built with real
-    weights. Keys the loader recomputes from the config (schedule buffers, ``position_ids``) are left out when
-    ``sd`` lacks them. Raises ``CheckpointError`` when ``sd`` does not fit the config's SD part or already holds a
+    weights. ``logvar`` is written even when ``sd`` lacks it (older SD files, where it was no buffer), from the
+    config's ``logvar_init``, and listed as new, as upstream does; the other keys the loader recomputes from the
+    config (schedule buffers, ``position_ids``) are left out when ``sd`` lacks them. Raises ``CheckpointError`` when ``sd`` does not fit the config's SD part or already holds a
     ControlNet.
     """
     if any(k.startswith(CONTROL) for k in sd):
         raise CheckpointError(f"{source} already holds a ControlNet ({CONTROL}* keys); start from a plain "
                               "Stable Diffusion checkpoint")
     target = create_model(config_path, device="meta")
-    check_state_dict(target, sd, allow_missing=(CONTROL,), source=source)
+    check_state_dict(target, sd, allow_missing=(CONTROL,), source=source, config=config_path)
     wanted = target.state_dict()
     control = _fresh_control_model(config_path, seed)
     control_sd = control.state_dict()
@@ -71,6 +72,10 @@ def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
             out[key] = control_sd[key[len(CONTROL):]]
         elif key in sd:
             out[key] = sd[key].to(meta.dtype)  # as upstream: the output holds the model's dtypes
+        elif key == "logvar":
+            logvar_init = load_model_config(config_path)["params"].get("logvar_init", 0.0)
+            out[key] = torch.full(meta.shape, float(logvar_init), dtype=meta.dtype)
+            fresh.append(key)
     return out, fresh
 
 
