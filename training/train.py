@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from cldm.model import CheckpointError, create_model, load_checkpoint
-from training.dataset import PromptDataset
+from training.dataset import DatasetError, PromptDataset
 from training.logger import ImageLogger
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
 def build_dataloader(args: argparse.Namespace) -> DataLoader:
     try:
         dataset = PromptDataset(args.data_root, prompt_dropout=args.prompt_dropout)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DatasetError) as e:
         raise SystemExit(f"error: {e}") from e
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                       persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available())
