@@ -2,6 +2,7 @@
 import argparse
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -9,8 +10,10 @@ import torch
 from cldm.app.annotators import Annotators
 from cldm.app.engine import Engine
 from cldm.app.tasks import TASKS, Task
-from cldm.app.ui import build_annotator_demo, build_demo, build_multi_demo, launch
+from cldm.app.ui import (CACHE_TTL_S, MAX_FILE_SIZE, QUEUE_SIZE, build_annotator_demo, build_demo,
+                         build_multi_demo, launch)
 from cldm.app.weights import resolve_model
+from cldm.model import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,35 @@ def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True) -
                         help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cuda when available)")
     parser.add_argument("--annotator-ckpts", type=Path,
                         help="folder of annotator weights (default: $CONTROLNET_ANNOTATOR_CKPTS or annotator/ckpts)")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves the whole network")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: %(default)s, this machine only; 0.0.0.0: every network)")
+    parser.add_argument("--listen", action="store_true", help="serve every network (--host 0.0.0.0)")
     parser.add_argument("--port", type=int, help="default: Gradio's (7860, or the next free one)")
+    parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, type=_file_size,
+                        help="largest upload accepted, e.g. 25mb, 500kb, 1gb (default: %(default)s)")
+    parser.add_argument("--queue-size", type=_at_least_one, default=QUEUE_SIZE,
+                        help="requests that may wait; more are turned away (default: %(default)s)")
+    parser.add_argument("--cache-ttl", type=_at_least_one, default=CACHE_TTL_S, metavar="SECONDS",
+                        help="delete uploads and outputs this long after they were written (default: %(default)s)")
     return parser
+
+
+def _file_size(text: str):
+    """'25mb', '500kb', '1gb' or a byte count -> what Gradio's max_file_size takes (the string, or an int)."""
+    match = re.fullmatch(r"(\d+)\s*(b|kb|mb|gb|tb)?", text.strip().lower())
+    if not match or int(match[1]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 25mb, 500kb, 1gb or a byte count")
+    return f"{match[1]}{match[2]}" if match[2] else int(match[1])
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
 
 
 def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
@@ -49,11 +78,15 @@ def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 
 def _engine(args: argparse.Namespace, checkpoints) -> Engine:
     choice = resolve_model(checkpoints, args.ckpt, args.config)
-    return Engine.load(choice, args.device, DTYPES[args.dtype], args.save_memory)
+    try:
+        return Engine.load(choice, args.device, DTYPES[args.dtype], args.save_memory)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # the user's file or flag: no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 def serve(demo, args: argparse.Namespace) -> None:
-    launch(demo, args.host, args.port)
+    launch(demo, "0.0.0.0" if args.listen else args.host, args.port, max_file_size=args.max_file_size,
+           queue_size=args.queue_size, cache_ttl=args.cache_ttl)
 
 
 def main(task: Task, argv=None) -> None:

@@ -50,7 +50,7 @@ class Sampling:
             ("Steps", self.ddim_steps, self.ddim_steps >= 1),
             ("Guidance Scale", self.scale, math.isfinite(self.scale) and self.scale > 0),
             ("Seed", self.seed, self.seed >= -1),
-            ("eta", self.eta, math.isfinite(self.eta) and self.eta >= 0),
+            ("eta (0 to 1)", self.eta, math.isfinite(self.eta) and 0 <= self.eta <= 1),  # >1: NaN or noise
         ) if not ok]
         if problems:
             raise ValueError("invalid setting: " + ", ".join(problems))

@@ -4,8 +4,11 @@ Gradio hands the image over as PIL in its own mode (`image_mode=None`), so that 
 8 bits instead of being clipped to white by PIL's `convert('RGB')`, and transparency is composited on
 white (upstream's HWC3 rule) instead of being dropped.
 """
+import os
+import warnings
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from annotator.util import HWC3
 
@@ -25,6 +28,33 @@ def _array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _too_large(w: int, h: int, what: str = "The image") -> str:
+    return (f"{what} is {w}x{h} ({w * h / 1e6:.0f} MP), more than the {MAX_INPUT_PIXELS / 1e6:.0f} MP this app "
+            f"accepts: please downscale it first (the apps work at 1024 px at most).")
+
+
+def check_upload(path, name: str = "") -> None:
+    """Read an uploaded file's header only (no pixels decoded) and raise ValueError when it is not an image
+    PIL can open, or one over ``MAX_INPUT_PIXELS`` (decompression bombs included). The message names the
+    file as the user called it (``name``), never the server's temporary path."""
+    shown = repr(os.path.basename(name or "the upload"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                w, h = image.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"The upload {shown} declares more pixels than this app accepts "
+                         f"({MAX_INPUT_PIXELS / 1e6:.0f} MP at most): please downscale it first.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ValueError(f"The upload {shown} is not an image this app can read: please upload a PNG, JPEG, "
+                         "WebP or BMP picture.") from None
+    if w * h > MAX_INPUT_PIXELS:
+        raise ValueError(_too_large(w, h, f"The upload {shown}"))
+    if min(w, h) < 1:
+        raise ValueError(f"The upload {shown} is empty ({w}x{h}).")
+
+
 def to_rgb(image) -> np.ndarray:
     """An uploaded image (PIL, or a uint8 array) -> (H, W, 3) uint8 RGB; ValueError when missing or too large."""
     if image is None:
@@ -35,11 +65,15 @@ def to_rgb(image) -> np.ndarray:
         image = np.asarray(image)
         h, w = image.shape[:2]
     if w * h > MAX_INPUT_PIXELS:
-        raise ValueError(f"The image is {w}x{h} ({w * h / 1e6:.0f} MP), more than the {MAX_INPUT_PIXELS / 1e6:.0f} MP "
-                         f"this app accepts: please downscale it first (the apps work at 1024 px at most).")
+        raise ValueError(_too_large(w, h))
     if min(w, h) < 1:
         raise ValueError(f"The image is empty ({w}x{h}).")
-    return HWC3(_array(image) if isinstance(image, Image.Image) else image)
+    if not isinstance(image, Image.Image):
+        return HWC3(image)
+    try:
+        return HWC3(_array(image))  # PIL decodes the pixels here, on first use
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError("The image could not be decoded: the file is damaged or truncated.") from e
 
 
 def canvas_to_mask(value) -> np.ndarray:

@@ -16,13 +16,16 @@ import torch
 from annotator.util import resize_image
 from cldm.app.annotators import Annotators
 from cldm.app.engine import ControlUnit, Engine, NoModelError, Sampling
-from cldm.app.images import canvas_to_mask, to_rgb
+from cldm.app.images import canvas_to_mask, check_upload, to_rgb
 from cldm.app.tasks import ANNOTATOR_TABS, MAP_AS_IS, TASKS, AnnotatorTab, Option, Task, resize_to
 from cldm.model import CheckpointError
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 16  # waiting requests beyond this are turned away rather than queued for minutes
+MAX_FILE_SIZE = "25mb"  # per uploaded file: a 50 MP photo as JPEG is ~15 MB; Gradio refuses larger ones
+CACHE_TTL_S = 3600  # uploads and outputs are deleted an hour after they were written...
+CACHE_SWEEP_S = 300  # ...by a sweep every 5 minutes
 MAX_RESOLUTION = 768
 DEFAULT_RESOLUTION = 512
 CSS = "#banner {border: 1px solid #f59e0b; background: #fffbeb; color: #78350f; border-radius: 8px; padding: 4px 12px}"
@@ -109,7 +112,7 @@ def advanced_options(engine: Engine, options: Sequence[Option] = (), with_unit: 
                                step=0.1),
             "seed": gr.Slider(label="Seed", minimum=-1, maximum=2147483647, step=1, randomize=True, precision=0,
                               info="-1: a new random seed each run"),
-            "eta": gr.Number(label="eta (DDIM)", value=0.0, minimum=0.0),
+            "eta": gr.Number(label="eta (DDIM)", value=0.0, minimum=0.0, maximum=1.0),
             "added_prompt": gr.Textbox(label="Added Prompt", value=engine.default_sampling.added_prompt),
             "negative_prompt": gr.Textbox(label="Negative Prompt", value=engine.default_sampling.negative_prompt),
         }
@@ -150,9 +153,39 @@ def _gallery(elem_id: str = "gallery") -> gr.Gallery:
     return gr.Gallery(label="Output", show_label=False, elem_id=elem_id, columns=2, height="auto", format="png")
 
 
+def _checked_uploads(image: gr.Image) -> gr.Image:
+    """Check `image`'s uploads before Gradio decodes them: a file that is no image, too large (a decompression
+    bomb) or damaged is answered with our message naming the user's file name, instead of Gradio's internal
+    error quoting the server's temporary path. (Wrapped per instance: a gr.Image subclass would make Gradio
+    write a .pyi stub beside this module.)"""
+    decode = image.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        name = getattr(payload, "orig_name", None) or ""
+        try:
+            if getattr(payload, "path", None):
+                check_upload(payload.path, name)
+            return decode(payload)
+        except ValueError as e:
+            if str(e).startswith("The upload "):
+                raise gr.Error(str(e), print_exception=False) from None
+            unreadable = e
+        except Exception as e:  # PIL's errors quote the temporary path: replaced by a message of ours
+            unreadable = e
+        log.warning("upload %r refused: %s", name, type(unreadable).__name__)
+        raise gr.Error(f"The upload {name!r} could not be read as an image: the file is damaged, truncated or of a "
+                       "format this app cannot read.", print_exception=False) from None
+
+    image.preprocess = preprocess
+    return image
+
+
 def _image_input(elem_id: str = "input_image", label: str = "Input image") -> gr.Image:
     # PIL in its own mode, so 16-bit and transparent images are converted by our rules (cldm.app.images).
-    return gr.Image(sources=["upload"], type="pil", image_mode=None, label=label, elem_id=elem_id)
+    return _checked_uploads(gr.Image(sources=["upload"], type="pil", image_mode=None, label=label, elem_id=elem_id))
+
 
 
 def _blank_canvas(width, height) -> np.ndarray:
@@ -291,6 +324,15 @@ def build_annotator_demo(annotators: Annotators) -> gr.Blocks:
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port=None, **kwargs):
-    """Serve `demo` with the apps' CSS and errors shown in the page; kwargs go to `Blocks.launch`."""
-    return demo.launch(server_name=host, server_port=port, css=CSS, show_error=True, **kwargs)
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port=None, max_file_size=MAX_FILE_SIZE,
+           queue_size: int = QUEUE_SIZE, cache_ttl: int = CACHE_TTL_S, **kwargs):
+    """Serve `demo` with the apps' CSS and errors shown in the page, within bounds: uploads over `max_file_size`
+    (bytes, or e.g. "25mb") are refused, at most `queue_size` requests wait, and the uploads and outputs the
+    app stored (Gradio's cache) are deleted `cache_ttl` seconds after they were written, and all of them when
+    the server stops. kwargs go to `Blocks.launch`."""
+    if cache_ttl < 1 or queue_size < 1:
+        raise ValueError(f"cache_ttl and queue_size must be >= 1, got {cache_ttl} and {queue_size}")
+    demo.delete_cache = (min(cache_ttl, CACHE_SWEEP_S), cache_ttl)  # (sweep every, delete when older than)
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    return demo.launch(server_name=host, server_port=port, css=CSS, show_error=True, max_file_size=max_file_size,
+                       **kwargs)

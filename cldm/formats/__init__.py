@@ -1,0 +1,1 @@
+"""Other layouts of the same weights: diffusers' ``ControlNetModel`` (``cldm.formats.diffusers``)."""
