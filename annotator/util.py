@@ -27,6 +27,13 @@ CKPT_URLS = {
     "dpt_hybrid-midas-501f0c75.pt": f"{_HF}/ControlNet/resolve/main/annotator/ckpts/dpt_hybrid-midas-501f0c75.pt",
     "mlsd_large_512_fp32.pth": f"{_HF}/ControlNet/resolve/main/annotator/ckpts/mlsd_large_512_fp32.pth",
     "upernet_global_small.pth": f"{_HF}/ControlNet/resolve/main/annotator/ckpts/upernet_global_small.pth",
+    # ControlNet 1.1 (lllyasviel/Annotators)
+    "sk_model.pth": f"{_HF}/Annotators/resolve/main/sk_model.pth",
+    "sk_model2.pth": f"{_HF}/Annotators/resolve/main/sk_model2.pth",
+    "netG.pth": f"{_HF}/Annotators/resolve/main/netG.pth",
+    "table5_pidinet.pth": f"{_HF}/Annotators/resolve/main/table5_pidinet.pth",
+    "facenet.pth": f"{_HF}/Annotators/resolve/main/facenet.pth",
+    "scannet.pt": f"{_HF}/Annotators/resolve/main/scannet.pt",
 }
 
 
@@ -74,6 +81,13 @@ def resize_image(img: np.ndarray, resolution: int) -> np.ndarray:
     return cv2.resize(img, (new_w, new_h), interpolation=interpolation)
 
 
+def safe_step(x: np.ndarray, step: int = 2) -> np.ndarray:
+    """Quantise a 0..1 edge map to `step + 1` levels (1.1's "safe" soft edges): `int(x * (step + 1)) / step`,
+    so with step 2 the map holds only 0, 0.5, 1 (and 1.5 where x == 1), in float32."""
+    y = x.astype(np.float32) * float(step + 1)
+    return y.astype(np.int32).astype(np.float32) / float(step)
+
+
 # ----------------------------------------------------------------------------------------- checkpoints
 
 class MissingWeightsError(FileNotFoundError):
@@ -118,6 +132,21 @@ def load_checkpoint(filename: str, device="cpu", ckpt_dir=None) -> dict:
     except _DECODE_ERRORS as e:
         reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadWeightsError(f"{path.name} is corrupted or not a weight file ({path}): {reason}") from e
+
+
+def strip_prefix(state_dict, prefix: str):
+    """`state_dict` with `prefix` removed from the keys that start with it (e.g. DataParallel's `module.`);
+    anything that is not a dict is returned as is, for `load_state_dict_strict` to reject."""
+    if not isinstance(state_dict, dict):
+        return state_dict
+    return {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def unwrap_state_dict(checkpoint, key: str = "state_dict"):
+    """The weights of a training checkpoint `{key: weights, 'epoch': ..., ...}`; a plain state dict as is."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+        return checkpoint[key]
+    return checkpoint
 
 
 def _first_few(items, limit=3) -> str:

@@ -1,7 +1,9 @@
-"""Random stand-ins for the real annotator weight files, built from `shared/manifests/annotators/*.json`.
+"""Random stand-ins for the real annotator weight files, built from the key layouts in
+`annotator/manifests/*.json` (ControlNet 1.1 files) and `shared/manifests/annotators/*.json` (1.0 files).
 
-The files are saved exactly as the real ones are stored (plain state dict, or mmcv's
-`{'state_dict', 'meta'}` container), so a detector's own loader can be tested without the real weights.
+The files are saved exactly as the real ones are stored (plain state dict, mmcv's `{'state_dict', 'meta'}`
+container, or a training checkpoint `{'state_dict'}`), so a detector's own loader can be tested without
+the real weights.
 Values are scaled like a fan-in initialisation so random nets give finite, non-trivial maps.
 """
 import atexit
@@ -21,7 +23,8 @@ from annotator.util import resize_image
 _REPO = Path(__file__).resolve().parents[1]
 _CANDIDATES = [_REPO / "shared", _REPO.parent / "shared"]
 SHARED_DIR = next((d for d in _CANDIDATES if (d / "manifests").is_dir()), _CANDIDATES[-1])
-MANIFEST_DIR = SHARED_DIR / "manifests" / "annotators"
+MANIFEST_DIR = _REPO / "tests" / "manifests" / "annotators"  # the 1.0 annotator files, kept in the repository
+REPO_MANIFEST_DIR = _REPO / "annotator" / "manifests"  # kept in the repository
 TEST_IMGS = SHARED_DIR / "test_imgs"
 
 
@@ -33,17 +36,21 @@ def load_test_image(name: str, resolution: int = 64):
     return resize_image(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), resolution)
 
 
+def _manifest_folder(name: str) -> Path:
+    return REPO_MANIFEST_DIR if (REPO_MANIFEST_DIR / f"{name}.json").is_file() else MANIFEST_DIR
+
+
 def manifest(name: str) -> dict:
     """Key -> shape of weight file `name`; skips the calling test when the manifests are absent."""
-    path = MANIFEST_DIR / f"{name}.json"
+    path = _manifest_folder(name) / f"{name}.json"
     if not path.is_file():
         pytest.skip(f"manifest {path} not available")
     return json.loads(path.read_text())
 
 
 def manifest_container(name: str) -> str:
-    """'plain' or 'mmcv', as listed in the manifest index."""
-    return json.loads((MANIFEST_DIR / "index.json").read_text())[name]["container"]
+    """'plain', 'mmcv' or 'checkpoint', as listed in the manifest index."""
+    return json.loads((_manifest_folder(name) / "index.json").read_text())[name]["container"]
 
 
 def _random_tensor(key: str, shape, gen: torch.Generator) -> torch.Tensor:
@@ -77,8 +84,8 @@ def make_random_weights(manifest_name: str, path, drop_num_batches_tracked: bool
                         container: str = None, meta: dict = None, seed: int = 0) -> Path:
     """Save a random stand-in for `manifest_name` at `path` (a file or a folder) and return the file path.
 
-    container: 'plain' (the dict itself) or 'mmcv' (`{'state_dict': ..., 'meta': meta or random_meta()}`);
-    default: the one the real file uses.
+    container: 'plain' (the dict itself), 'mmcv' (`{'state_dict': ..., 'meta': meta or random_meta()}`) or
+    'checkpoint' (`{'state_dict': ...}`); default: the one the real file uses.
     """
     path = Path(path)
     if path.is_dir():
@@ -87,10 +94,12 @@ def make_random_weights(manifest_name: str, path, drop_num_batches_tracked: bool
     container = container or manifest_container(manifest_name)
     if container == "mmcv":
         obj = {"state_dict": state, "meta": meta if meta is not None else random_meta()}
+    elif container == "checkpoint":
+        obj = {"state_dict": state}
     elif container == "plain":
         obj = state
     else:
-        raise ValueError(f"unknown container {container!r}: use 'plain' or 'mmcv'")
+        raise ValueError(f"unknown container {container!r}: use 'plain', 'mmcv' or 'checkpoint'")
     torch.save(obj, path)
     return path
 

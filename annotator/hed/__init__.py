@@ -4,7 +4,8 @@
   OpenCV bilinear to the image size, averaged, and passed through a float64 sigmoid.
 - `network-bsds500.pth` (ControlNet 1.0, what `control_sd15_hed` and fake scribble were trained on): BGR
   0..1 in; the net fuses its side outputs itself and returns probabilities.
-Both maps become uint8 by `* 255`, clip and truncation.
+Both maps become uint8 by `* 255`, clip and truncation; `safe=True` first quantises the probability with
+`safe_step` (ControlNet 1.1's "safe" soft edge, 0 / 127 / 255).
 """
 from functools import cached_property
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from annotator.hed.model import ControlNetHED, LegacyHED, is_legacy_hed, legacy_hed_keys
-from annotator.util import Detector, check_rgb
+from annotator.util import Detector, check_rgb, safe_step
 
 DEFAULT_WEIGHTS = "ControlNetHED.pth"
 LEGACY_WEIGHTS = "network-bsds500.pth"
@@ -39,12 +40,14 @@ class HEDdetector(Detector):
         return self.build_net(ControlNetHED, state, self.weights, "HED (ControlNetHED)", channels_last=True)
 
     @torch.inference_mode()
-    def __call__(self, img: np.ndarray) -> np.ndarray:
+    def __call__(self, img: np.ndarray, safe: bool = False) -> np.ndarray:
         img = check_rgb(img, MIN_SIDE)
         if isinstance(self.net, LegacyHED):
             edge = self._legacy_probability(img)
         else:
             edge = self._controlnet_hed_probability(img)
+        if safe:
+            edge = safe_step(edge)
         return (edge * 255.0).clip(0, 255).astype(np.uint8)
 
     def _controlnet_hed_probability(self, img):
