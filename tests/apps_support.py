@@ -19,7 +19,7 @@ from cldm.model import save_state_dict
 
 ROOT_SCRIPTS = sorted(p.name for p in Path(__file__).resolve().parents[1].glob("gradio_*.py"))
 # Fast settings: 64 px output (the tiny model's native size), 2 DDIM steps, the smallest detect resolution.
-FAST = dict(prompt="a dog", num_samples=2, image_resolution=64, guess_mode=False, ddim_steps=2, scale=9.0, seed=1,
+FAST = dict(prompt="a dog", num_samples=2, image_resolution=64, control_mode="Balanced", ddim_steps=2, scale=9.0, seed=1,
             eta=0.0, added_prompt="best quality", negative_prompt="lowres", strength=1.0, control_start=0.0,
             control_end=1.0)
 DETECT_RESOLUTION = 128

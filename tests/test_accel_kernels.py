@@ -1,12 +1,15 @@
-"""The AVX-512 attention kernel (ldm/modules/cpu_kernels.py): values against float64, where it runs, how it
-is built. Skipped on machines that cannot run it (no AVX-512 or no compiler); those use torch's attention."""
+"""The AVX-512 kernels of the CPU backend (ldm/accel/kernels.py) and the layers that call them
+(ldm/accel/cpu.py): values against float64, where they run, how they are built. Skipped on machines that cannot
+run them (no AVX-512 or no compiler); those use torch's operators."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm.modules import cpu_kernels
-from ldm.modules.attention import CrossAttention, multihead_attention
-from ldm.modules.layers import Conv2d, UpsampleConv2d, pack_weights
+from torch import nn
+
+from ldm.accel import kernels as cpu_kernels
+from ldm.accel.cpu import KernelAttention, WinogradConv2d, _view_of
+from ldm.modules.attention import CrossAttention, ScaledDotProductAttention
 
 needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="no AVX-512 CPU or no C++ compiler")
 
@@ -42,7 +45,7 @@ def test_kernel_matches_float64_attention(batch, heads, queries, keys, dim):
     assert cpu_kernels.attention_supported(q, k, v)
     with torch.no_grad():
         out = cpu_kernels.attention(q, k, v, heads)
-        torch_fp32 = multihead_attention(q.contiguous().requires_grad_(), k, v, heads)  # torch's kernel
+        torch_fp32 = ScaledDotProductAttention()(q, k, v, heads)  # torch's kernel
     reference = _reference(q, k, v, heads)
     assert out.shape == (batch, queries, heads * dim) and out.is_contiguous()
     # as close to float64 as torch's own float32 kernel (both ~1e-6 here)
@@ -96,6 +99,8 @@ def test_cross_attention_same_with_and_without_the_kernel():
     torch.manual_seed(0)
     self_attention = CrossAttention(64, heads=4, dim_head=16)
     cross_attention = CrossAttention(64, context_dim=48, heads=4, dim_head=16)
+    for layer in (self_attention, cross_attention):
+        layer.attention = _view_of(layer.attention, KernelAttention)
     x, context = torch.randn(2, 256, 64), torch.randn(2, 77, 48)
     with torch.no_grad():
         inference = [self_attention(x), cross_attention(x, context)]
@@ -174,9 +179,9 @@ def test_winograd_supported_only_where_it_pays():
 
 
 @needs_kernel
-def test_conv2d_takes_the_winograd_route_for_inference_only():
+def test_winograd_layer_takes_the_kernel_for_inference_only():
     torch.manual_seed(0)
-    conv = Conv2d(8, 12, 3, padding=1)
+    conv = _view_of(nn.Conv2d(8, 12, 3, padding=1), WinogradConv2d)
     x = torch.randn(2, 8, 32, 32)
     with torch.no_grad():
         reference = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
@@ -185,35 +190,3 @@ def test_conv2d_takes_the_winograd_route_for_inference_only():
     assert _relative_error(fast, reference) < 1e-6 and _relative_error(trained, reference) < 1e-6
     trained.sum().backward()
     assert conv.weight.grad is not None
-
-
-@needs_kernel
-def test_winograd_layers_pack_only_when_an_input_takes_another_route():
-    torch.manual_seed(0)
-    winograd, strided = Conv2d(8, 8, 3, padding=1), Conv2d(8, 8, 3, stride=2, padding=1)
-    weights = {k: v.clone() for k, v in winograd.state_dict().items()}
-    pack_weights(winograd, strided)
-    assert winograd._packed is None and strided._packed is not None  # the other packs at once, as before
-    with torch.no_grad():
-        large = winograd(torch.randn(1, 8, 32, 32))
-        assert winograd._packed is None  # Winograd needs the plain weight
-        small = winograd(torch.randn(1, 8, 8, 8))
-        assert winograd._packed is not None  # a small image: oneDNN's convolution, packed from now on
-        again = winograd(torch.randn(1, 8, 32, 32))  # packed layers stay on oneDNN
-    assert large.shape == again.shape == (1, 8, 32, 32) and small.shape == (1, 8, 8, 8)
-    for k, v in winograd.state_dict().items():
-        assert torch.equal(v, weights[k])
-
-
-@needs_kernel
-def test_upsampler_runs_winograd_on_the_upsampled_image_for_inference():
-    torch.manual_seed(0)
-    conv = UpsampleConv2d(8, 12, 3, padding=1)
-    x = torch.randn(2, 8, 16, 16)  # upsampled: 32x32, Winograd's smallest
-    assert cpu_kernels.winograd_supported(x, conv.weight.detach(), upsampled=True)
-    assert not cpu_kernels.winograd_supported(x, conv.weight.detach())
-    reference = F.conv2d(F.interpolate(x.double(), scale_factor=2), conv.weight.double(), conv.bias.double(),
-                         padding=1)
-    with torch.no_grad():
-        assert _relative_error(conv(x), reference) < 1e-6
-    assert _relative_error(conv(x), reference) < 1e-6  # with a graph: the phase convolutions

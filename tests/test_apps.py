@@ -85,10 +85,11 @@ def test_multi_app_composes_two_controlnets(annotators, photo, tmp_path):
     """The second image (another shape, used as a map as is) is fitted to the first one's output size."""
     cv2.imwrite(str(tmp_path / "map.png"), np.random.default_rng(0).integers(0, 256, (40, 90, 3), dtype=np.uint8))
     with serving(build_multi_demo([TASKS["canny"], TASKS["hed"]], tiny_engine(), annotators)) as url:
-        sampling = {k: v for k, v in FAST.items() if k not in ("strength", "control_start", "control_end")}
+        sampling = {k: v for k, v in FAST.items()
+                    if k not in ("strength", "control_start", "control_end", "control_mode")}
         units = dict(input_image_1=handle_file(photo), preprocessor_1="canny",
                      input_image_2=handle_file(tmp_path / "map.png"), preprocessor_2="none", strength_2=0.5,
-                     control_start_2=0.2, control_end_2=0.8)
+                     control_start_2=0.2, control_end_2=0.8, control_mode_2="My prompt is more important")
         gallery = client_for(url, tmp_path).predict(**sampling, **units, api_name="/run")
     assert_pngs(gallery, 2 + FAST["num_samples"], expected_hw(INPUT_HW, FAST["image_resolution"]))
 

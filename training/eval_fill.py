@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 
+from ldm.accel.dtypes import DTYPE_CHOICES
+
 from training.fill50k import COLORS, MIN_COLOR_DISTANCE, Circle, make_sample, render
 
 HELDOUT_SEED = 1000
@@ -197,15 +199,14 @@ def save_grid(path: str, data: HeldOut, images: np.ndarray, count: int = 8, scal
     grid.save(path)
 
 
-def load_model(config: str, ckpt: str, device: str = "cpu"):
+def load_model(config: str, ckpt: str, device: str = "cpu", dtype="fp32"):
+    """The model for inference as the apps run it (``ldm.accel.prepare_for_inference``), in ``dtype``."""
     from cldm.model import create_model, load_checkpoint
-    from ldm.modules.layers import pack_weights
+    from ldm.accel import prepare_for_inference
 
     model = create_model(config)
     load_checkpoint(model, ckpt)
-    model = model.float().to(device).eval()
-    pack_weights(model.model, model.control_model)  # inference only: as the apps
-    return model
+    return prepare_for_inference(model, device, dtype)
 
 
 def main(argv=None) -> None:
@@ -222,9 +223,12 @@ def main(argv=None) -> None:
     parser.add_argument("--grid", help="write a hint / prompt / sample grid PNG here")
     parser.add_argument("--json", help="write the metrics here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32",
+                        help="inference precision (auto: bf16 on CPUs with AMX and on GPUs; default: %(default)s)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.config, args.ckpt)
+    model = load_model(args.config, args.ckpt, args.device, args.dtype)
     results = {}
     for cfg in args.cfg:
         t0 = time.time()

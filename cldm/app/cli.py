@@ -14,10 +14,9 @@ from cldm.app.ui import (CACHE_TTL_S, MAX_FILE_SIZE, QUEUE_SIZE, build_annotator
                          build_multi_demo, launch)
 from cldm.app.weights import resolve_model
 from cldm.model import CheckpointError
+from ldm.accel import DTYPE_CHOICES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True) -> argparse.ArgumentParser:
@@ -29,7 +28,8 @@ def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True) -
                                  " (default: ./models/control_sd15_<name>.pth, else the bundled demo model)")
         parser.add_argument("--save-memory", action="store_true",
                             help="low-VRAM mode: keep only the modules in use on the device")
-        parser.add_argument("--dtype", choices=DTYPES, default="float32", help="diffusion model precision")
+        parser.add_argument("--dtype", choices=DTYPE_CHOICES + ("float32", "float16", "bfloat16"), default="auto",
+                            help="model precision; auto (default): bf16 on CPUs with AMX and on GPUs, else fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cuda when available)")
     parser.add_argument("--annotator-ckpts", type=Path,
@@ -79,7 +79,7 @@ def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 def _engine(args: argparse.Namespace, checkpoints) -> Engine:
     choice = resolve_model(checkpoints, args.ckpt, args.config)
     try:
-        return Engine.load(choice, args.device, DTYPES[args.dtype], args.save_memory)
+        return Engine.load(choice, args.device, args.dtype, args.save_memory)
     except (CheckpointError, FileNotFoundError, ValueError) as e:  # the user's file or flag: no traceback
         raise SystemExit(f"error: {e}") from None
 

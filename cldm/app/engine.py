@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from cldm.app.weights import ModelChoice
-from cldm.cldm import ControlInput, ControlNet, control_scales
+from cldm.cldm import ControlInput, ControlNet, control_mode
 from cldm.model import CheckpointError, create_control_net, create_model, load_checkpoint, load_state_dict
 from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.modules.layers import pack_weights
+from ldm.accel import accelerate_for_inference, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Sampling:
                             "cropped, worst quality, low quality")
     num_samples: int = 1
     ddim_steps: int = 20
-    guess_mode: bool = False
+    guess_mode: bool = False  # upstream's flag: control mode "ControlNet is more important" for every unit
     scale: float = 9.0
     seed: int = -1
     eta: float = 0.0
@@ -68,8 +68,10 @@ class ControlUnit:
     start: float = 0.0  # fractions of the sampling steps, 0 = first (noisiest) step
     end: float = 1.0
     net: Optional[ControlNet] = None  # None: the model's own control_model
+    mode: str = "balanced"  # a key or label of cldm.cldm.CONTROL_MODES
 
     def __post_init__(self):
+        self.mode = control_mode(self.mode)
         if not (math.isfinite(self.strength) and self.strength >= 0):
             raise ValueError(f"Control Strength must be a number >= 0, got {self.strength}")
         if not 0.0 <= self.start <= self.end <= 1.0:
@@ -108,8 +110,10 @@ class Engine:
         self.default_sampling = Sampling(added_prompt="", negative_prompt="", scale=2.0) if demo else Sampling()
 
     @classmethod
-    def load(cls, choice: ModelChoice, device="cpu", dtype=torch.float32, save_memory: bool = False) -> "Engine":
-        """Build and load what `choice` names: the first checkpoint is the model, the others add ControlNets."""
+    def load(cls, choice: ModelChoice, device="cpu", dtype="auto", save_memory: bool = False) -> "Engine":
+        """Build and load what `choice` names: the first checkpoint is the model, the others add ControlNets.
+        `dtype`: a torch dtype or a name ("auto" picks bf16 on CPUs with AMX and on GPUs, see ldm.accel)."""
+        dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
         if not choice.available:
             log.warning("no model weights: %s", choice.banner)
             return cls(None, device, banner=choice.banner)
@@ -117,8 +121,8 @@ class Engine:
         load_checkpoint(model, str(choice.ckpts[0]))
         extra = [load_control_net(choice.config, path).to(device, dtype) for path in choice.ckpts[1:]]
         engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner, choice.demo)
-        if not save_memory:  # (its device shifts would unpack the weights at every generation)
-            pack_weights(model.model, model.control_model, *extra)
+        for module in (model, *extra):
+            accelerate_for_inference(module)
         engine._shift(diffusing=False)
         return engine
 
@@ -165,13 +169,14 @@ class Engine:
         self._shift(diffusing=False)
         cond = {"c_crossattn": [model.get_learned_conditioning([sampling.full_prompt()] * n)]}
         uncond = {"c_crossattn": [model.get_learned_conditioning([sampling.negative_prompt] * n)]}
-        controls = [ControlInput(self._hint(u.control_map), control_scales(u.strength, sampling.guess_mode),
-                                 model=u.net, start=u.start, end=u.end) for u in units]
+        controls = [ControlInput.for_mode(self._hint(u.control_map), u.strength,
+                                          "control" if sampling.guess_mode else u.mode, model=u.net, start=u.start,
+                                          end=u.end) for u in units]
         self._shift(diffusing=True)
         samples, _ = DDIMSampler(model).sample(
             sampling.ddim_steps, n, (4, h // LATENT_FACTOR, w // LATENT_FACTOR), cond, verbose=False,
             eta=sampling.eta, unconditional_guidance_scale=sampling.scale, unconditional_conditioning=uncond,
-            generator=generator, controls=controls, guess_mode=sampling.guess_mode,
+            generator=generator, controls=controls,
             callback=None if on_step is None else lambda info: on_step(info["i"] + 1, info["total"]))
         self._shift(diffusing=False)
         vae_dtype = next(model.first_stage_model.parameters()).dtype

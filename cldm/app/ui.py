@@ -17,6 +17,7 @@ from annotator.util import resize_image
 from cldm.app.annotators import Annotators
 from cldm.app.engine import ControlUnit, Engine, NoModelError, Sampling
 from cldm.app.images import canvas_to_mask, check_upload, to_rgb
+from cldm.cldm import CONTROL_MODES
 from cldm.app.tasks import ANNOTATOR_TABS, MAP_AS_IS, TASKS, AnnotatorTab, Option, Task, resize_to
 from cldm.model import CheckpointError
 
@@ -81,10 +82,13 @@ def option_input(option: Option):
 
 
 def unit_inputs(suffix: str = "") -> dict:
-    """Per-ControlNet controls, keyed `strength`, `control_start`, `control_end` (+ suffix)."""
+    """Per-ControlNet controls, keyed `strength`, `control_start`, `control_end`, `control_mode` (+ suffix)."""
     label = f" {suffix}" if suffix else ""
     key = f"_{suffix}" if suffix else ""
     return {
+        f"control_mode{key}": gr.Dropdown(label=f"Control Mode{label}", choices=list(CONTROL_MODES.values()),
+                                          value=CONTROL_MODES["balanced"],
+                                          info="the webui's modes; 'ControlNet is more important' is guess mode"),
         f"strength{key}": gr.Slider(label=f"Control Strength{label}", minimum=0.0, maximum=2.0, value=1.0, step=0.01),
         f"control_start{key}": gr.Slider(label=f"Control start{label}", minimum=0.0, maximum=1.0, value=0.0,
                                          step=0.01, info="fraction of the steps before the control starts"),
@@ -105,7 +109,6 @@ def advanced_options(engine: Engine, options: Sequence[Option] = (), with_unit: 
             "image_resolution": gr.Slider(label="Image Resolution", minimum=min(256, native), maximum=MAX_RESOLUTION,
                                           value=min(native, MAX_RESOLUTION), step=64, precision=0),
             **(unit_inputs() if with_unit else {}),
-            "guess_mode": gr.Checkbox(label="Guess Mode", value=False),
             **{o.key: option_input(o) for o in options},
             "ddim_steps": gr.Slider(label="Steps", minimum=1, maximum=100, value=20, step=1, precision=0),
             "scale": gr.Slider(label="Guidance Scale", minimum=0.1, maximum=30.0, value=engine.default_sampling.scale,
@@ -122,14 +125,15 @@ def advanced_options(engine: Engine, options: Sequence[Option] = (), with_unit: 
 def _sampling(values: dict) -> Sampling:
     return Sampling(prompt=values["prompt"] or "", added_prompt=values["added_prompt"] or "",
                     negative_prompt=values["negative_prompt"] or "", num_samples=int(values["num_samples"]),
-                    ddim_steps=int(values["ddim_steps"]), guess_mode=bool(values["guess_mode"]),
+                    ddim_steps=int(values["ddim_steps"]),
                     scale=float(values["scale"]), seed=int(values["seed"]), eta=float(values["eta"]))
 
 
-def _control(task: Task, annotators, image, resized, options: dict, strength, start, end, net=None):
+def _control(task: Task, annotators, image, resized, options: dict, strength, start, end, net=None,
+             mode="balanced"):
     """Detect `task`'s map at `resized`'s size -> (its ControlUnit, the map as the gallery shows it)."""
     control_map = task.make_map(annotators, image, resized, **options)
-    unit = ControlUnit(task.control(control_map), float(strength), float(start), float(end), net)
+    unit = ControlUnit(task.control(control_map), float(strength), float(start), float(end), net, mode or "balanced")
     return unit, task.show_map(control_map)
 
 
@@ -187,7 +191,6 @@ def _image_input(elem_id: str = "input_image", label: str = "Input image") -> gr
     return _checked_uploads(gr.Image(sources=["upload"], type="pil", image_mode=None, label=label, elem_id=elem_id))
 
 
-
 def _blank_canvas(width, height) -> np.ndarray:
     return np.full((int(height), int(width), 3), 255, dtype=np.uint8)
 
@@ -213,7 +216,8 @@ def task_process(task: Task, engine: Engine, annotators: Annotators) -> Callable
         progress(0, desc="Detecting")
         resized = resize_image(image, int(values["image_resolution"]))
         unit, shown = _control(task, annotators, image, resized, {o.key: values[o.key] for o in task.options},
-                               values["strength"], values["control_start"], values["control_end"])
+                               values["strength"], values["control_start"], values["control_end"],
+                               mode=values["control_mode"])
         return _generate(engine, [unit], [shown], sampling, progress)
 
     return process
@@ -258,7 +262,7 @@ def multi_process(engine: Engine, annotators: Annotators) -> Callable[[dict, gr.
                 resized = resize_image(image, int(values["image_resolution"]))
             unit, shown_map = _control(task, annotators, image, resized, task.default_options(),
                                        values[f"strength_{i}"], values[f"control_start_{i}"],
-                                       values[f"control_end_{i}"], net)
+                                       values[f"control_end_{i}"], net, values[f"control_mode_{i}"])
             units.append(unit)
             shown.append(shown_map)
         return _generate(engine, units, shown, sampling, progress)

@@ -1,8 +1,9 @@
 """Our float32 CPU kernels for x86-64 with AVX-512, in C++ (``cpu_attention.cpp``, ``cpu_winograd.cpp``), compiled
 into one library with the system's C++ compiler at first use and cached (``CONTROLNET_CACHE``, default
-``~/.cache/controlnet``). They run on torch's own OpenMP threads.
+``~/.cache/controlnet``). They run on torch's own OpenMP threads. The model never calls them itself: the
+inference backend ``ldm.accel.cpu`` swaps in layers that do.
 
-Why: on this AMD Zen 4 CPU, torch's float32 kernels leave two kinds of work well short of the FMA peak.
+Why: on the AMD Zen 4 CPU they were written on, torch's float32 kernels leave two kinds of work well short of the FMA peak.
 * Attention: torch's CPU flash attention does its products with MKL's sgemm, which runs without AVX-512
   here: ~125 GFLOP/s on 2 cores at the UNet's 40-wide heads, where ``attention`` reaches ~175 (the 64x64
   level's self-attention is a fifth of a 512 px step). Same maths: blocked online softmax in float32, scale
@@ -50,16 +51,25 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def cpu_has_avx512() -> bool:
-    """Whether this (Linux) CPU runs the kernel's instructions: AVX-512F and FMA."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return {"avx512f", "fma"} <= set(flags)
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                           if line.startswith("flags")), []))
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this (Linux) CPU runs the kernel's instructions: AVX-512F and FMA."""
+    return platform.machine().lower() in ("x86_64", "amd64") and {"avx512f", "fma"} <= cpu_flags()
+
+
+def enabled() -> bool:
+    """False when the user turned the kernels off with ``CONTROLNET_CPU_KERNELS=0``."""
+    return os.environ.get("CONTROLNET_CPU_KERNELS", "1") != "0"
 
 
 def build(sources: Sequence[Path] = SOURCES, directory: Optional[Path] = None, compiler: Optional[str] = None,
@@ -96,7 +106,7 @@ def build(sources: Sequence[Path] = SOURCES, directory: Optional[Path] = None, c
 @functools.lru_cache(maxsize=None)
 def _library() -> Optional[ctypes.CDLL]:
     """The compiled kernels, or None where they cannot run (said once in the log)."""
-    if os.environ.get("CONTROLNET_CPU_KERNELS", "1") == "0" or not cpu_has_avx512():
+    if not enabled() or not cpu_has_avx512():
         return None
     try:
         library = ctypes.CDLL(str(build()))

@@ -1,11 +1,9 @@
 """Transformer blocks of the Stable Diffusion UNet (upstream ``ldm/modules/attention.py``).
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention``, which picks the fused kernel
-for the device and dtype (its default scale is upstream's ``dim_head ** -0.5``), except for float32 inference
-on CPUs with AVX-512, where ``ldm.modules.cpu_kernels.attention`` computes the same thing faster.
-
-``FeedForward`` runs its 8x-wide hidden layer over a bounded number of tokens at a time, and the linear
-layers are ``TokenLinear`` (see ``ldm.modules.layers``): same maths, same checkpoint keys, faster on CPU.
+for the device and dtype (its default scale is upstream's ``dim_head ** -0.5``). It sits in a parameter-free
+module, ``ScaledDotProductAttention``, so that an inference backend (``ldm.accel``) can put another kernel in
+its place. ``FeedForward`` runs its 8x-wide hidden layer over a bounded number of tokens at a time.
 """
 from typing import Optional
 
@@ -14,21 +12,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.modules import cpu_kernels
 from ldm.modules.diffusionmodules.util import maybe_checkpoint, repeat_rows, zero_module
-from ldm.modules.layers import Conv2d, GatedLinear, TokenLinear
 
 # Token rows per FeedForward chunk: the (rows, 8 * dim) hidden activations then fit in the CPU's cache
 # (a 64x64 latent's 8192 rows at width 2560 would be 84 MB), and peak memory stays bounded.
 FEED_FORWARD_ROWS = 2048
 
 
-def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Scaled dot-product attention of (b, n, heads * d) queries over (b, m, heads * d) keys and values."""
-    if cpu_kernels.attention_supported(q, k, v):
-        return cpu_kernels.attention(q, k, v, heads)
-    out = F.scaled_dot_product_attention(*(rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v)))
-    return rearrange(out, "b h n d -> b n (h d)")
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T / sqrt(d)) v per head, on (b, n, heads * d) queries and (b, m, heads * d) keys and values."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(*(rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v)))
+        return rearrange(out, "b h n d -> b n (h d)")
 
 
 class CrossAttention(nn.Module):
@@ -40,25 +36,30 @@ class CrossAttention(nn.Module):
         inner_dim = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
-        self.to_q = TokenLinear(query_dim, inner_dim, bias=False)
-        self.to_k = TokenLinear(context_dim, inner_dim, bias=False)
-        self.to_v = TokenLinear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(TokenLinear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.context_dim = context_dim
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.attention = ScaledDotProductAttention()
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context
         # q, k and v live only as the attention's arguments, so they are freed before the output projection
-        out = multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = self.attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
         return self.to_out(out)
 
 
 class GEGLU(nn.Module):
+    """GELU-gated linear unit (Shazeer 2020): one projection to (value, gate) halves, ``value * gelu(gate)``."""
+
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = GatedLinear(dim_in, dim_out * 2)
+        self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
 
 
 class FeedForward(nn.Module):
@@ -68,7 +69,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         inner = dim * mult
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), TokenLinear(inner, dim))
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -120,11 +121,11 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
         self.use_linear = use_linear
         if use_linear:
-            self.proj_in = TokenLinear(in_channels, inner_dim)
-            self.proj_out = zero_module(TokenLinear(inner_dim, in_channels))
+            self.proj_in = nn.Linear(in_channels, inner_dim)
+            self.proj_out = zero_module(nn.Linear(inner_dim, in_channels))
         else:
-            self.proj_in = Conv2d(in_channels, inner_dim, 1)
-            self.proj_out = zero_module(Conv2d(inner_dim, in_channels, 1))
+            self.proj_in = nn.Conv2d(in_channels, inner_dim, 1)
+            self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, 1))
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, n_heads, d_head, dropout, context_dim, use_checkpoint)
             for _ in range(depth))

@@ -34,13 +34,29 @@ def guidance(e_c: torch.Tensor, e_u: torch.Tensor, scale: float) -> torch.Tensor
     return e_u + scale * (e_c - e_u)
 
 
-def batched_guidance(eps_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """Guidance from ONE forward pass: ``eps_of(x, t)`` evaluates the b latents under the 2b context rows
-    ``[cond; uncond]`` and returns the conditional rows' eps first, then the unconditional rows'. Same maths
-    as two passes, half the calls (and the UNet shares the rows' work up to its first cross-attention)."""
-    e_c, e_u = eps_of(x, t).chunk(2)
-    return guidance(e_c, e_u, scale)
+# eps_of(x, t, context, progress, cond_rows): the model's noise prediction for latents x under the context rows;
+# cond_rows says how many leading rows are the conditional side of guidance (None: all of them).
+ConditionedEps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, Optional[int]], torch.Tensor]
+
+
+def guided_eps(eps_of: ConditionedEps, context: torch.Tensor, u_context: Optional[torch.Tensor] = None,
+               scale: float = 1.0, batched: bool = True) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    """The sampler's ``eps_fn(x, t, progress)`` with classifier-free guidance (the one CFG helper).
+
+    Batched (default), the b latents are evaluated ONCE under the 2b context rows ``[cond; uncond]``: same
+    maths as two passes, half the calls, and the UNet shares the rows' work up to its first cross-attention
+    (``repeat_rows``). ``batched=False``: two passes, less memory. Without ``u_context`` or at scale 1: no
+    guidance, the conditional prediction."""
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, progress: float) -> torch.Tensor:
+        if u_context is None or scale == 1.0:
+            return eps_of(x, t, context, progress, None)
+        if batched:
+            e_c, e_u = eps_of(x, t, torch.cat([context, u_context]), progress, context.shape[0]).chunk(2)
+        else:
+            e_c, e_u = eps_of(x, t, context, progress, None), eps_of(x, t, u_context, progress, 0)
+        return guidance(e_c, e_u, scale)
+
+    return eps_fn
 
 
 class DiffusionWrapper(nn.Module):
@@ -267,23 +283,17 @@ class LatentDiffusion(pl.LightningModule):
         return self.model_ema.average_parameters(self.model) if self.use_ema else nullcontext()
 
     # ------------------------------------------------------------------ sampling / logging
-    def guided_eps_fn(self, cond, uncond=None, guidance_scale: float = 1.0, **unsupported):
-        """Noise predictor for the DDIM sampler with classifier-free guidance ``e_u + s (e_c - e_u)``,
-        cond and uncond run as one batch. ControlLDM adds the control options."""
+    def guided_eps_fn(self, cond, uncond=None, guidance_scale: float = 1.0, batched_cfg: bool = True,
+                      **unsupported):
+        """Noise predictor for the sampler with classifier-free guidance (``guided_eps``). ControlLDM adds the
+        control options."""
         if unsupported:
             raise TypeError(f"{type(self).__name__} has no control; unexpected options {sorted(unsupported)}")
         context = torch.cat(cond["c_crossattn"], 1) if isinstance(cond, Mapping) else cond
         u_context = None if uncond is None else (
             torch.cat(uncond["c_crossattn"], 1) if isinstance(uncond, Mapping) else uncond)
-
-        def eps_fn(x: torch.Tensor, t: torch.Tensor, progress: float) -> torch.Tensor:
-            if u_context is None or guidance_scale == 1.0:
-                return self.eps_from_output(x, t, self.apply_model(x, t, context))
-            both = torch.cat([context, u_context])
-            return batched_guidance(lambda x, t: self.eps_from_output(x, t, self.apply_model(x, t, both)),
-                                    x, t, guidance_scale)
-
-        return eps_fn
+        return guided_eps(lambda x, t, ctx, progress, cond_rows: self.eps_from_output(x, t, self.apply_model(x, t, ctx)),
+                          context, u_context, guidance_scale, batched_cfg)
 
     def _sample_log(self, cond, uncond, latent_shape, ddim_steps: int, eta: float, guidance_scale: float):
         from ldm.models.diffusion.ddim import DDIMSampler

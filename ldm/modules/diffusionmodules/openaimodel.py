@@ -8,36 +8,44 @@ key-compatible (``tool_add_control.py`` copies UNet encoder weights into the Con
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.util import (InPlaceSiLU, maybe_checkpoint, normalization, repeat_rows,
                                               timestep_embedding, zero_module)
-from ldm.modules.layers import Conv2d, UpsampleConv2d
 
 
 class TimestepEmbedSequential(nn.Sequential):
     """Sequential that hands the time embedding to ResBlocks and the text context to transformers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor] = None,
+                upsample_size: Optional[Sequence[int]] = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         return x
 
 
 class Upsample(nn.Module):
-    """Nearest x2, then a 3x3 conv (computed as one, see ``UpsampleConv2d``)."""
+    """Nearest x2, then a 3x3 conv. ``size`` upsamples to that size instead: the size of the skip the result
+    meets, which differs from 2x where a latent side is not a multiple of 8 (diffusers does the same)."""
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
-        self.conv = UpsampleConv2d(channels, out_channels or channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=tuple(size), mode="nearest")
         return self.conv(x)
 
 
@@ -46,7 +54,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
-        self.op = Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+        self.op = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -59,11 +67,11 @@ class ResBlock(nn.Module):
                  use_checkpoint: bool = False):
         super().__init__()
         out_channels = out_channels or channels
-        self.in_layers = nn.Sequential(normalization(channels), InPlaceSiLU(), Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels), InPlaceSiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(normalization(out_channels), InPlaceSiLU(), nn.Dropout(p=dropout),
-                                        zero_module(Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
+                                        zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         self.use_checkpoint = use_checkpoint
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -141,7 +149,7 @@ class UNetSpec:
         mc = self.model_channels
         time_embed = nn.Sequential(nn.Linear(mc, self.time_embed_dim), nn.SiLU(),
                                    nn.Linear(self.time_embed_dim, self.time_embed_dim))
-        blocks = [TimestepEmbedSequential(Conv2d(self.in_channels, mc, 3, padding=1))]
+        blocks = [TimestepEmbedSequential(nn.Conv2d(self.in_channels, mc, 3, padding=1))]
         skip_channels = [mc]
         ch, ds = mc, 1
         for level, mult in enumerate(self.channel_mult):
@@ -176,8 +184,24 @@ class UNetSpec:
                     layers.append(Upsample(ch, ch))
                     ds //= 2
                 blocks.append(TimestepEmbedSequential(*layers))
-        out = nn.Sequential(normalization(ch), InPlaceSiLU(), zero_module(Conv2d(mc, out_channels, 3, padding=1)))
+        out = nn.Sequential(normalization(ch), InPlaceSiLU(), zero_module(nn.Conv2d(mc, out_channels, 3, padding=1)))
         return nn.ModuleList(blocks), out
+
+
+def check_inputs(owner: str, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, spec: UNetSpec) -> None:
+    """Refuse inputs that do not fit the network, naming the input, the expected and the received shape."""
+    if x.dim() != 4 or x.shape[1] != spec.in_channels:
+        raise ValueError(f"{owner}: latents must be (batch, {spec.in_channels}, height, width), "
+                         f"got {tuple(x.shape)}")
+    if timesteps.dim() != 1 or timesteps.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"{owner}: timesteps must be (batch,) = ({x.shape[0]},), got {tuple(timesteps.shape)}")
+    if context.dim() != 3 or context.shape[2] != spec.context_dim:
+        raise ValueError(f"{owner}: text context must be (batch, tokens, {spec.context_dim}), got "
+                         f"{tuple(context.shape)}; a context of another width comes from another text encoder "
+                         f"(SD 1.x: 768, SD 2.x: 1024)")
+    if context.shape[0] % x.shape[0]:
+        raise ValueError(f"{owner}: the context's batch ({context.shape[0]}) must be a multiple of the latents' "
+                         f"({x.shape[0]})")
 
 
 class UNetModel(nn.Module):
@@ -199,10 +223,12 @@ class UNetModel(nn.Module):
         self.output_blocks, self.out = self.spec.build_decoder(skips, out_channels)
 
     def encode(self, x, timesteps, context):
-        """Run the encoder half; return (middle output, skips, time embedding)."""
+        """Run the encoder half; return (middle output, skips, time embedding). Inputs are cast to the
+        weights' dtype."""
+        check_inputs("UNetModel", x, timesteps, context, self.spec)
         t_emb = timestep_embedding(timesteps, self.model_channels).to(self.time_embed[0].weight.dtype)
         emb = self.time_embed(t_emb)
-        h = x.to(emb.dtype)
+        h, context = x.to(emb.dtype), context.to(emb.dtype)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context)
@@ -210,6 +236,7 @@ class UNetModel(nn.Module):
         return self.middle_block(h, emb, context), skips, emb
 
     def decode(self, h, skips, emb, context, control=None, only_mid_control=False):
+        context = context.to(emb.dtype)
         rows = context.shape[0]  # the encoder may have left some activations shared (repeat_rows)
         h = repeat_rows(h, rows)
         if control is not None:
@@ -219,7 +246,8 @@ class UNetModel(nn.Module):
             skip = repeat_rows(skips.pop(), rows)
             if control is not None and not only_mid_control:
                 skip = skip + repeat_rows(control.pop(), rows)
-            h = block(torch.cat([h, skip], dim=1), emb, context)
+            upsample_size = skips[-1].shape[2:] if skips else None  # where the next skip joins
+            h = block(torch.cat([h, skip], dim=1), emb, context, upsample_size)
         return self.out(h)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,

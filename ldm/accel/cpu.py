@@ -1,0 +1,178 @@
+"""Opt-in inference backend for CPUs: ``model = accelerate_for_inference(model)``.
+
+The model core (``ldm/``, ``cldm/cldm.py``) is plain PyTorch. This module swaps, for inference only, some of
+its layers for variants that run other kernels, and logs once what it chose. Each variant is built as a
+*view* of the layer it replaces: it holds the very same ``Parameter`` objects (and parameter dict), so
+``state_dict``, parameter counts and in-place weight edits are exactly those of the plain model, and
+``restore(model)`` puts the plain layers back. Nothing is cached from the weights, so nothing goes stale.
+
+Routes, per machine (``plan_for``):
+* float32 on x86-64 CPUs with AVX-512 and a C++ compiler (``ldm.accel.kernels``):
+  - self-attention with >= 128 queries on our AVX-512 kernel (``KernelAttention``);
+  - 3x3 stride-1 convolutions on >= 32x32 images by Winograd's F(2x2, 3x3) (``WinogradConv2d``), including
+    each upsampler's convolution, which runs on the upsampled image.
+  Measured per route against torch's operators in one process (bench/bench_sampling.py --routes) on an AMD
+  Zen 4 (where they were tuned) and on an Intel Xeon with AVX-512 and AMX (docs/performance.md): both routes
+  win on both CPUs, so both are kept.
+* bfloat16 on CPU: torch's oneDNN kernels already use AMX / AVX-512-BF16 where the CPU has them; the backend
+  adds nothing (none of our routes won there: docs/performance.md).
+* Other devices (CUDA, MPS): nothing; torch's kernels are the right ones.
+Between the ControlNet and the UNet, freed activation memory is handed back to the OS (``release_free_memory``,
+a forward pre-hook on the UNet), which lowers the peak resident memory of a 512 px step on glibc systems.
+
+``CONTROLNET_CPU_KERNELS=0`` turns the kernels off; the kernels are compiled only when a route will use them.
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldm.accel import kernels
+from ldm.modules.attention import ScaledDotProductAttention
+from ldm.modules.diffusionmodules.openaimodel import Upsample, UNetModel
+from ldm.util import release_free_memory
+
+log = logging.getLogger(__name__)
+
+
+def _view_of(module: nn.Module, cls: type) -> nn.Module:
+    """A ``cls`` instance that shares every attribute of ``module``: the same parameter, buffer and child dicts
+    (so the same Parameter objects), the same hyper-parameters. Only ``forward`` differs."""
+    view = cls.__new__(cls)
+    view.__dict__ = module.__dict__.copy()  # the dicts inside are shared, not copied
+    object.__setattr__(view, "_plain", module)  # an attribute, not a child module: restore() puts it back
+    return view
+
+
+class KernelAttention(ScaledDotProductAttention):
+    """``ScaledDotProductAttention`` on the AVX-512 kernel where it runs (float32, no graph, >= 128 queries)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        if kernels.attention_supported(q, k, v):
+            return kernels.attention(q, k, v, heads)
+        return super().forward(q, k, v, heads)
+
+
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3 / stride 1 / padding 1 ``nn.Conv2d`` that runs Winograd's F(2x2, 3x3) kernel on large enough
+    float32 inputs without a graph to record, and ``nn.Conv2d`` otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.winograd_supported(x, self.weight, self.bias):
+            return kernels.winograd_conv3x3(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def _winograd_shaped(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+@dataclass
+class Plan:
+    """What ``accelerate_for_inference`` chose for one model, and why."""
+    device: str
+    dtype: torch.dtype
+    routes: Dict[str, int] = field(default_factory=dict)  # route -> layers that take it
+    reasons: List[str] = field(default_factory=list)  # why other routes do not run
+
+    def summary(self) -> str:
+        taken = ", ".join(f"{n} {route}" for route, n in self.routes.items() if n) or "no layer swapped"
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return f"CPU inference backend on {self.device}/{str(self.dtype).replace('torch.', '')}: {taken}{why}"
+
+
+def plan_for(device: torch.device, dtype: torch.dtype, use_kernels: Optional[bool] = None) -> Plan:
+    """Which routes run for a model on ``device`` in ``dtype`` on this machine (compiling the kernels only if
+    a route needs them)."""
+    plan = Plan(str(device), dtype)
+    if device.type != "cpu":
+        plan.reasons.append(f"torch's own kernels are the right ones on {device.type}")
+        return plan
+    if dtype != torch.float32:
+        plan.reasons.append(f"our kernels are float32 only; {dtype} runs on torch's oneDNN kernels"
+                            f"{' with AMX' if cpu_has_amx() else ''}")
+        return plan
+    if use_kernels is False:
+        plan.reasons.append("kernels turned off by the caller")
+    elif not kernels.enabled():
+        plan.reasons.append("kernels turned off (CONTROLNET_CPU_KERNELS=0)")
+    elif not kernels.cpu_has_avx512():
+        plan.reasons.append("this CPU lacks AVX-512")
+    elif not kernels.available():
+        plan.reasons.append("the kernels could not be built (see the warning above)")
+    else:
+        plan.routes = {"attention layers on the AVX-512 kernel": 0, "3x3 convolutions by Winograd": 0}
+    return plan
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in kernels.cpu_flags()
+
+
+def _parameter(module: nn.Module) -> Optional[torch.Tensor]:
+    return next(module.parameters(), None)
+
+
+def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = None) -> nn.Module:
+    """Swap ``model``'s layers for the faster variants this machine runs (see the module docstring); returns
+    ``model`` itself. Apply it after moving the model to its device and dtype and before sampling; the swapped
+    layers compute the same function (training and other devices fall back to torch's operators inside
+    them). ``use_kernels=False`` keeps our C++ kernels off. Undo with ``restore(model)``."""
+    weight = _parameter(model)
+    if weight is None:
+        return model
+    plan = plan_for(weight.device, weight.dtype, use_kernels)
+    if plan.routes:
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                swapped = _swap(child, plan)
+                if swapped is not None:
+                    setattr(module, child_name, swapped)
+    hooked = 0
+    if weight.device.type == "cpu":
+        for module in model.modules():
+            if isinstance(module, UNetModel) and not getattr(module, "_release_hook", None):
+                module._release_hook = module.register_forward_pre_hook(_release_before_unet)
+                hooked += 1
+    if hooked:
+        plan.routes["UNets handing freed memory back to the OS before running"] = hooked
+    log.info(plan.summary())
+    model.acceleration_plan = plan
+    return model
+
+
+def _swap(child: nn.Module, plan: Plan) -> Optional[nn.Module]:
+    if type(child) is ScaledDotProductAttention:
+        plan.routes["attention layers on the AVX-512 kernel"] += 1
+        return _view_of(child, KernelAttention)
+    if _winograd_shaped(child):
+        plan.routes["3x3 convolutions by Winograd"] += 1
+        return _view_of(child, WinogradConv2d)
+    return None
+
+
+def _release_before_unet(module, args):
+    if not torch.is_grad_enabled():
+        release_free_memory()  # the ControlNets' freed activations, before the UNet's pile onto them
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo ``accelerate_for_inference``: the plain layers back in place (they share the parameters, so any
+    weight edit made meanwhile is kept); returns ``model``."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            plain = getattr(child, "_plain", None)
+            if plain is not None:
+                setattr(module, child_name, plain)
+        hook = getattr(module, "_release_hook", None)
+        if hook is not None:
+            hook.remove()
+            module._release_hook = None
+    model.__dict__.pop("acceleration_plan", None)
+    return model

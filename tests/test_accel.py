@@ -1,0 +1,110 @@
+"""The opt-in CPU inference backend (ldm/accel): same function, same parameters, undoable, compiled only where
+it runs, and the precision choice of the apps."""
+import copy
+import io
+import logging
+
+import pytest
+import torch
+from tests.conftest import build_tiny, randomize_zero_convs
+from tests.test_cldm import cond, inputs
+
+from ldm import accel
+from ldm.accel import cpu, kernels
+from ldm.accel.cpu import KernelAttention, WinogradConv2d
+from ldm.util import count_params
+
+
+def _eps(model, x, t, hint, ctx):
+    with torch.no_grad():
+        return model.apply_model(x, t, cond(hint, ctx))
+
+
+def _swapped(model) -> int:
+    return sum(isinstance(m, (KernelAttention, WinogradConv2d)) for m in model.modules())
+
+
+@pytest.fixture
+def model():
+    return randomize_zero_convs(build_tiny()).eval()
+
+
+def test_accelerated_model_is_the_same_model(model):
+    """Same eps (as close to float64 as the plain model), the same Parameter objects, state dict and count."""
+    x, t, hint, ctx = inputs(model, size=256)  # 32x32 latents: the kernels' routes are taken where they run
+    exact = _eps(copy.deepcopy(model).double(), x.double(), t, hint.double(), ctx.double())
+    plain = _eps(model, x, t, hint, ctx)
+    params = {name: p for name, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert accel.accelerate_for_inference(model) is model
+    assert (_swapped(model) > 0) == kernels.available()
+    fast = _eps(model, x, t, hint, ctx)
+    plain_error = (plain.double() - exact).abs().max()
+    assert (fast.double() - exact).abs().max() <= max(4 * plain_error, 1e-5 * exact.abs().max())
+    assert all(p is params[name] for name, p in model.named_parameters())
+    assert count_params(model) == sum(p.numel() for p in params.values())
+    saved = model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], v) for k, v in state.items())
+
+
+def test_weight_edits_reach_the_accelerated_model(model):
+    x, t, hint, ctx = inputs(model, size=256)
+    accel.accelerate_for_inference(model)
+    before = _eps(model, x, t, hint, ctx)
+    with torch.no_grad():
+        model.model.diffusion_model.out[2].weight.mul_(0)  # the UNet's last convolution
+        model.model.diffusion_model.out[2].bias.zero_()
+    assert _eps(model, x, t, hint, ctx).abs().max() == 0 and before.abs().max() > 0
+    model.load_state_dict(build_tiny().state_dict())  # a later load_state_dict is seen too
+    assert not torch.equal(_eps(model, x, t, hint, ctx), before)
+
+
+def test_accelerated_model_deep_copies_saves_and_restores(model):
+    x, t, hint, ctx = inputs(model, size=256)
+    plain_types = [type(m) for m in model.modules()]
+    accel.accelerate_for_inference(model)
+    expected = _eps(model, x, t, hint, ctx)
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(_eps(twin, x, t, hint, ctx), expected, rtol=0, atol=0)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    assert accel.restore(model) is model
+    assert [type(m) for m in model.modules()] == plain_types
+    assert not hasattr(model, "acceleration_plan")
+    torch.testing.assert_close(_eps(model, x, t, hint, ctx), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_are_not_built_where_they_cannot_run(model, monkeypatch):
+    """A bf16 model, a float64 model or CONTROLNET_CPU_KERNELS=0: nothing swapped, no compiler run."""
+    builds = []
+    monkeypatch.setattr(kernels, "_library", lambda: builds.append(1))
+    for dtype in (torch.bfloat16, torch.float64):
+        accel.accelerate_for_inference(copy.deepcopy(model).to(dtype))
+    monkeypatch.setenv("CONTROLNET_CPU_KERNELS", "0")
+    accel.accelerate_for_inference(model)
+    assert builds == [] and _swapped(model) == 0
+    assert "CONTROLNET_CPU_KERNELS=0" in model.acceleration_plan.summary()
+
+
+def test_the_plan_is_logged_once(model, caplog):
+    with caplog.at_level(logging.INFO, logger="ldm.accel.cpu"):
+        accel.accelerate_for_inference(model)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ldm.accel.cpu"]
+    assert len(lines) == 1 and lines[0].startswith("CPU inference backend on cpu/float32")
+
+
+def test_cuda_gets_nothing_from_the_cpu_backend():
+    plan = cpu.plan_for(torch.device("cuda"), torch.float16)
+    assert plan.routes == {} and "cuda" in plan.summary()
+
+
+@pytest.mark.parametrize("name, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                            ("float16", torch.float16)])
+def test_dtype_names(name, expected):
+    assert accel.resolve_dtype(name, "cpu") == expected
+
+
+def test_auto_dtype_is_bf16_exactly_where_the_cpu_has_amx():
+    assert accel.resolve_dtype("auto", "cpu") == (torch.bfloat16 if cpu.cpu_has_amx() else torch.float32)
+    with pytest.raises(ValueError, match="unknown dtype 'half'"):
+        accel.resolve_dtype("half", "cpu")
