@@ -47,11 +47,13 @@ class DDIMSchedule:
 
 
 def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, schedule: DDIMSchedule, callback: Optional[Callable] = None,
-                progress_bar: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                progress_bar: bool = True, generator: Optional[torch.Generator] = None,
+                blend: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Denoise ``x_T`` (b, c, h, w) along ``schedule``; returns x_0 in latent space.
 
-    ``callback(info)`` gets ``{'i', 'total', 't', 'x', 'pred_x0'}`` after every step. The update runs in
-    float32 whatever the model's dtype.
+    ``callback(info)`` gets ``{'i', 'total', 't', 'x', 'pred_x0'}`` after every step. ``blend(i, x) -> x``
+    replaces the latents after step ``i``, before the callback sees them (inpainting, see
+    ``ldm.models.diffusion.samplers``). The update runs in float32 whatever the model's dtype.
     """
     x = x_T.float()
     total = len(schedule.timesteps)
@@ -64,6 +66,8 @@ def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, schedule: DDIMSchedule, callba
         x = np.sqrt(a_prev) * pred_x0 + np.sqrt(1.0 - a_prev - sigma**2) * eps
         if sigma > 0:
             x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if blend is not None:
+            x = blend(i, x)
         if callback is not None:
             callback({"i": i, "total": total, "t": int(schedule.timesteps[index]), "x": x, "pred_x0": pred_x0})
     return x
