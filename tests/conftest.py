@@ -15,8 +15,15 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+MANIFESTS = ROOT / "tests" / "manifests"  # key -> shape of the released checkpoints (README.md there)
 TINY_CLDM = str(ROOT / "tests" / "configs" / "cldm_tiny.yaml")
 TINY_LDM = str(ROOT / "tests" / "configs" / "ldm_tiny.yaml")
+
+
+def manifest(name: str) -> dict:
+    """The layout of a released checkpoint, e.g. ``manifest("cldm_v15")`` (``tests/manifests/<name>.json``)."""
+    import json
+    return json.loads((MANIFESTS / f"{name}.json").read_text())
 
 
 def build_tiny(config: str = TINY_CLDM, seed: int = 0, **overrides):

@@ -85,9 +85,12 @@ def test_ckpt_dir_env_var_and_default(monkeypatch, tmp_path):
 
 
 def test_every_manifest_file_has_a_url():
-    from tests.annotator_weights import MANIFEST_DIR
+    """Both manifest folders are in the repository: 1.0 files (tests/manifests) and 1.1 ones (annotator/)."""
+    from tests.annotator_weights import MANIFEST_DIR, REPO_MANIFEST_DIR
     import json
-    index = json.loads((MANIFEST_DIR / "index.json").read_text())
+    index = {}
+    for folder in (MANIFEST_DIR, REPO_MANIFEST_DIR):
+        index |= json.loads((folder / "index.json").read_text())
     assert {k: v["url"] for k, v in index.items() if not k.startswith("_")} == util.CKPT_URLS
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CLDM, build_tiny, randomize_zero_convs
+from conftest import ROOT, TINY_CLDM, build_tiny, manifest, randomize_zero_convs
 
 from cldm.formats import diffusers as dformat
 from cldm.loading import (CONTROL, SafetensorsFile, classify, file_kind, load_control_weights, load_model_weights,
@@ -176,19 +176,15 @@ def write_layout(path, shapes, dtype="F16"):
     return path
 
 
-def manifest(shared_dir, name):
-    return json.loads((shared_dir / "manifests" / f"{name}.json").read_text())
-
-
 @pytest.mark.parametrize("config, base, extra", [
     ("control_v11p_sd15_canny", "sd15_ldm", None),  # v1-5-pruned-emaonly
     ("control_v11e_sd15_shuffle", "sd15_ldm", "sd15_ldm_ema_extra"),  # v1-5-pruned.ckpt, with EMA
     ("cldm_v21", "sd21_ldm", None),  # SD2.1 + an SD2.1 ControlNet
 ])
-def test_full_size_pairs_check(shared_dir, tmp_path, config, base, extra):
-    layout = manifest(shared_dir, base) | (manifest(shared_dir, extra) if extra else {})
+def test_full_size_pairs_check(tmp_path, config, base, extra):
+    layout = manifest(base) | (manifest(extra) if extra else {})
     family = "cldm_v21" if "21" in config else "cldm_v15"
-    control = {k: v for k, v in manifest(shared_dir, family).items() if k.startswith(CONTROL)}
+    control = {k: v for k, v in manifest(family).items() if k.startswith(CONTROL)}
     assert len(control) == 340
     base_file = write_layout(tmp_path / "base.safetensors", layout)
     control_file = write_layout(tmp_path / "control.safetensors", control, "F32")
@@ -197,13 +193,13 @@ def test_full_size_pairs_check(shared_dir, tmp_path, config, base, extra):
     assert not report.control.missing and len(report.base.missing) == 340
     with pytest.raises(CheckpointError, match="Stable Diffusion 2.x" if family == "cldm_v15" else "1.x"):
         other = "cldm_v21" if family == "cldm_v15" else "cldm_v15"
-        wrong = {k: v for k, v in manifest(shared_dir, other).items() if not k.startswith(CONTROL)}
+        wrong = {k: v for k, v in manifest(other).items() if not k.startswith(CONTROL)}
         load_model_weights(model, control_file, base=write_layout(tmp_path / "wrong.safetensors", wrong),
                            check_only=True)
 
 
-def test_sd21_control_into_sd15_model_is_refused(shared_dir, tmp_path):
-    control = {k: v for k, v in manifest(shared_dir, "cldm_v21").items() if k.startswith(CONTROL)}
+def test_sd21_control_into_sd15_model_is_refused(tmp_path):
+    control = {k: v for k, v in manifest("cldm_v21").items() if k.startswith(CONTROL)}
     path = write_layout(tmp_path / "control_v11p_sd21_canny.safetensors", control)
     model = create_model(str(ROOT / "models" / "cldm_v15.yaml"), device="meta")
     with pytest.raises(CheckpointError, match="other shapes") as err:
@@ -213,9 +209,9 @@ def test_sd21_control_into_sd15_model_is_refused(shared_dir, tmp_path):
 
 # --- the 1.1 configs -------------------------------------------------------------------------------------------
 
-def test_all_fourteen_v11_configs_build_the_released_layout(shared_dir):
+def test_all_fourteen_v11_configs_build_the_released_layout():
     assert len(V11_CONFIGS) == 14
-    expected = manifest(shared_dir, "cldm_v15")
+    expected = manifest("cldm_v15")
     for path in V11_CONFIGS:
         model = create_model(path, device="meta")
         assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected, path

@@ -14,6 +14,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import MANIFESTS  # noqa: E402
 
 from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder  # noqa: E402
 from ldm.modules.encoders.tokenizer import NUM_MERGES, VOCAB_PATH, CLIPTokenizer  # noqa: E402
@@ -164,8 +165,8 @@ def test_padding_ids():
 
 
 @pytest.mark.parametrize("encoder, manifest", [(FrozenCLIPEmbedder, "cldm_v15"), (FrozenOpenCLIPEmbedder, "cldm_v21")])
-def test_keys_and_shapes_match_released_checkpoints(shared_dir, encoder, manifest):
-    expected = json.loads((shared_dir / "manifests" / f"{manifest}.json").read_text())
+def test_keys_and_shapes_match_released_checkpoints(encoder, manifest):
+    expected = json.loads((MANIFESTS / f"{manifest}.json").read_text())
     expected = {k: v for k, v in expected.items() if k.startswith("cond_stage_model.")}
     with torch.device("meta"):
         model = encoder()
