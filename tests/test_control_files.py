@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CLDM, build_tiny, manifest, randomize_zero_convs
+from conftest import ROOT, build_tiny, manifest, randomize_zero_convs
 
 from cldm.formats import diffusers as dformat
 from cldm.loading import (CONTROL, SafetensorsFile, classify, file_kind, load_control_weights, load_model_weights,
