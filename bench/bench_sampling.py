@@ -4,11 +4,13 @@ Builds the SD1.5 + ControlNet architecture (models/cldm_v15.yaml) with random we
 into diffusers' UNet2DConditionModel + ControlNetModel, then times one CFG step (the cond and uncond
 rows of one image as one batch of 2) for both, interleaved, in one process: wall time and CPU time
 (``process_time``; with ``--threads 1`` it counts work done, which machine load barely changes). Ours runs
-as the apps run it, its weights packed for oneDNN (``ldm.modules.layers.pack_weights``) after building.
+twice, as the plain core ("ours plain") and with the inference backend the apps apply ("ours backend",
+``ldm.accel.accelerate_for_inference``); ``--dtype bf16`` runs all three in bfloat16.
 Peak memory is measured in a fresh process per implementation that holds only its own weights: the
 high-water mark of the resident set, reset after building, over two steps.
 
-    python -m bench.bench_sampling                 # full size: ~10 GB RAM, minutes on 2 cores
+    python -m bench.bench_sampling --threads 2     # full size: ~10 GB RAM, minutes on 2 cores
+    python -m bench.bench_sampling --dtype bf16 --threads 2
     python -m bench.bench_sampling --config tests/configs/cldm_tiny.yaml --size 64   # smoke run
 """
 import argparse
@@ -24,11 +26,15 @@ import torch
 from bench.diffusers_twin import diffusers_twin
 from cldm.cldm import control_scales
 from cldm.model import create_model
-from ldm.modules.layers import pack_weights
+from ldm.accel import accelerate_for_inference, resolve_dtype, restore
+
+OURS = ("plain", "backend")
 
 
-def build(config: str, size: int, which: str):
-    """``({name: one CFG step}, our model)`` for ``which`` in "ours", "diffusers", "both"."""
+def build(config: str, size: int, which: str, variant: str = "both", dtype: torch.dtype = torch.float32):
+    """``({name: one CFG step}, our model)`` for ``which`` in "ours", "diffusers", "both"; our ``variant``:
+    "plain" (the core alone), "backend" (with the inference backend) or "both" (the backend applied and
+    removed around each step)."""
     torch.manual_seed(0)
     model = create_model(config).eval()
     latent = size // 8
@@ -39,17 +45,24 @@ def build(config: str, size: int, which: str):
                   uncond=torch.randn(1, 77, ctx_dim, generator=g))
     steps = {}
     if which in ("both", "ours"):
+        if which == "ours":  # hold the same weights as the diffusers twin: UNet + ControlNet only
+            model.first_stage_model = model.cond_stage_model = None
+        model.to(dtype)
         eps_fn = model.guided_eps_fn({"c_crossattn": [inputs["cond"]], "c_concat": [inputs["hint"]]},
                                      {"c_crossattn": [inputs["uncond"]], "c_concat": [inputs["hint"]]},
                                      guidance_scale=9.0, control_scales=control_scales(1.0))
-        steps["ours"] = lambda: eps_fn(inputs["x"], inputs["t"], 0.0)
-        pack_weights(model.model, model.control_model)  # as the apps do after loading
-        if which == "ours":  # hold the same weights as the diffusers twin: UNet + ControlNet only
-            model.first_stage_model = model.cond_stage_model = None
+        step = lambda: eps_fn(inputs["x"], inputs["t"], 0.0)  # noqa: E731
+        if variant in ("plain", "both"):
+            steps["ours plain"] = lambda: (restore(model), step())
+        if variant in ("backend", "both"):
+            accelerate_for_inference(model)  # as the apps do after loading (says what it chose in the log)
+            steps["ours backend"] = lambda: (accelerate_for_inference(model) if variant == "both" else None, step())
     if which in ("both", "diffusers"):
         sd = {k: v.clone() for k, v in model.state_dict().items()}  # own storage, so our model can go
         unet, controlnet = diffusers_twin(config, sd, latent)
-        steps["diffusers"] = lambda: diffusers_step(unet, controlnet, inputs, 9.0)
+        unet.to(dtype), controlnet.to(dtype)
+        inputs_cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        steps["diffusers"] = lambda: diffusers_step(unet, controlnet, inputs_cast, 9.0)
     if which == "diffusers":
         del sd
         model = None
@@ -90,9 +103,10 @@ def _status_gib(field: str) -> float:
 
 
 def peak_memory(args, which: str) -> float:
-    """Max RSS in GiB of a fresh process that builds ``which`` and runs two steps."""
+    """Max RSS in GiB of a fresh process that builds ``which`` ("diffusers", "ours plain", "ours backend")
+    and runs two steps."""
     cmd = [sys.executable, "-m", "bench.bench_sampling", "--config", args.config, "--size", str(args.size),
-           "--only", which, "--repeats", "1", "--threads", str(torch.get_num_threads())]
+           "--only", which, "--repeats", "1", "--threads", str(torch.get_num_threads()), "--dtype", args.dtype]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -102,15 +116,19 @@ def main():
     parser.add_argument("--config", default="models/cldm_v15.yaml")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (latents are size/8)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["ours", "diffusers"], help="internal: one implementation, print max RSS")
+    parser.add_argument("--only", choices=["ours plain", "ours backend", "diffusers"],
+                        help="internal: one implementation, print max RSS")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    dtype = resolve_dtype(args.dtype, "cpu")
     if args.only:
-        steps, _ = build(args.config, args.size, args.only)
+        which, _, variant = args.only.partition(" ")
+        steps, _ = build(args.config, args.size, which, variant or "both", dtype)
         gc.collect()
         weights = _status_gib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (Linux)
@@ -118,19 +136,28 @@ def main():
         time_steps(steps, args.repeats)
         print(json.dumps({"weights_gib": weights, "peak_gib": _status_gib("VmHWM")}))
         return
-    times = time_steps(build(args.config, args.size, "both")[0], args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, "
-          f"CFG batch 2, median of {args.repeats}")
+    times = time_steps(build(args.config, args.size, "both", "both", dtype)[0], args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, {args.dtype}, "
+          f"CFG batch 2, median of {args.repeats}, CPU: {cpu_model()}")
     memory = {} if args.no_memory else {name: peak_memory(args, name) for name in times}
     medians = {}
     for name, t in times.items():
         medians[name] = {kind: statistics.median(v) for kind, v in t.items()}
         mem = (f", resident {memory[name]['weights_gib']:.2f} GiB after build, peak {memory[name]['peak_gib']:.2f} GiB"
                if memory else "")
-        print(f"{name:10s} wall {medians[name]['wall']:.3f} s/step, CPU {medians[name]['cpu']:.3f} s/step "
+        print(f"{name:13s} wall {medians[name]['wall']:.3f} s/step, CPU {medians[name]['cpu']:.3f} s/step "
               f"(wall runs: {', '.join(f'{x:.2f}' for x in t['wall'])}){mem}")
-    for kind in ("wall", "cpu"):
-        print(f"ours / diffusers ({kind}) = {medians['ours'][kind] / medians['diffusers'][kind]:.3f}")
+    for variant in OURS:
+        for kind in ("wall", "cpu"):
+            print(f"ours {variant} / diffusers ({kind}) = "
+                  f"{medians['ours ' + variant][kind] / medians['diffusers'][kind]:.3f}")
+
+
+def cpu_model() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 if __name__ == "__main__":

@@ -23,17 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula, sdpa_flop_count
 
 from bench.bench_sampling import build
-from ldm.modules import cpu_kernels
-from ldm.modules.layers import SGEMM_MAX_PIXELS, Conv2d, TokenLinear
+from ldm.accel import kernels as cpu_kernels
 
-# Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix). Two of
-# the model's layers pick their kernel (ldm.modules.layers) and count as what they compute: TokenLinear runs
-# matrix products as oneDNN convolutions, Conv2d runs the 8x8 level's convolutions as (b)addbmm or as
-# oneDNN's linear (unless their weights are packed, as in the bench: then oneDNN's linear and convolution).
+# Operator -> kind, for the FLOP counter's names and the profiler's (which carry an "aten::" prefix).
 KINDS = {"convolution": "conv", "mkldnn_convolution": "conv", "addmm": "matmul", "mm": "matmul", "bmm": "matmul",
-         "baddbmm": "conv", "_scaled_dot_product_flash_attention_for_cpu": "attention",
-         "mkldnn._linear_pointwise": "matmul", "mkldnn::_linear_pointwise": "matmul",
-         "mkldnn._convolution_pointwise": "conv", "mkldnn::_convolution_pointwise": "conv",
+         "_scaled_dot_product_flash_attention_for_cpu": "attention",
          "controlnet.attention": "attention", "controlnet::attention": "attention",
          "controlnet.winograd_conv3x3": "conv", "controlnet::winograd_conv3x3": "conv"}
 
@@ -44,21 +38,7 @@ def _cpu_flash_attention_flops(query, key, value, *args, out_shape=None, **kwarg
     return sdpa_flop_count(query, key, value)  # the formula receives shapes
 
 
-# Nor oneDNN's linear, which TokenLinear calls directly when no graph is recorded. The formula serves both of
-# its overloads: (x, w, ...) and the binary (x, other, w, ...) that GatedLinear uses, so it reads the output
-# width from the output.
-@register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
-    return 2 * math.prod(x_shape) * out_shape[-1]
-
-
-# And oneDNN's convolution with a packed weight (ldm.modules.layers.pack_weights).
-@register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
-def _onednn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    return conv_flop_count(x_shape, w_shape, out_shape)
-
-
-# And our AVX-512 kernels (ldm.modules.cpu_kernels). Attention: (b, n, width) queries over (b, m, width) keys.
+# And our AVX-512 kernels (ldm.accel.kernels, taken with the inference backend). Attention: (b, n, width) queries over (b, m, width) keys.
 @register_flop_formula(torch.ops.controlnet.attention)
 def _our_attention_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
     batch, queries, width = q_shape
@@ -76,32 +56,17 @@ def _op_kind(op) -> str:
     return KINDS.get(str(op).replace("aten.", ""), "other")
 
 
-def count_flops(step, networks) -> dict:
-    """GFLOP of one call of ``step`` per kind; the kernel-picking layers of ``networks`` count by layer type."""
-    layer_kinds = {f"{type(net).__name__}.{path}": "matmul" if isinstance(layer, TokenLinear) else "conv"
-                   for net in networks for path, layer in net.named_modules()
-                   if isinstance(layer, (TokenLinear, Conv2d))}
+def count_flops(step) -> dict:
+    """GFLOP of one call of ``step`` per kind."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         step()
-    counts = counter.get_flop_counts()
     by_kind = defaultdict(float)
-    for op, n in counts["Global"].items():
+    for op, n in counter.get_flop_counts()["Global"].items():
         by_kind[_op_kind(op)] += n / 1e9
-    for name, kind in layer_kinds.items():  # move those layers' work to the kind they compute
-        for op, n in counts.get(name, {}).items():
-            by_kind[_op_kind(op)] -= n / 1e9
-            by_kind[kind] += n / 1e9
     return dict(by_kind)
 
 
 def _event_kind(event):
-    """Kind of a profiler event (grouped by input shape): TokenLinear's convolutions are (1, c, 1, rows);
-    Conv2d's oneDNN linears multiply the weight by at most SGEMM_MAX_PIXELS rows of patches (SD's linear
-    layers all have at least 320 outputs; a tiny test model's may be miscounted)."""
-    if event.key == "aten::mkldnn_convolution" and event.input_shapes[0][2] == 1:
-        return "matmul"
-    if event.key == "mkldnn::_linear_pointwise" and event.input_shapes[1][0] <= SGEMM_MAX_PIXELS:
-        return "conv"
     return KINDS.get(event.key.replace("aten::", ""))
 
 
@@ -137,7 +102,7 @@ def best_rates(latent: int, channels: int, heads: int, repeats: int = 5) -> dict
     (the faster of oneDNN's and our Winograd kernel's, where it runs);
     the transformer's matrix products (d -> d, d -> 8d, 4d -> d, each as torch's addmm and as the same product
     run by oneDNN as a 1x1 convolution of a channels-last image), the best of them; self-attention, the
-    faster of torch's kernel and ours (ldm.modules.cpu_kernels) where ours runs."""
+    faster of torch's kernel and ours (ldm.accel.kernels) where ours runs."""
     tokens = latent * latent
     x, w = torch.randn(2, channels, latent, latent), torch.randn(channels, channels, 3, 3)
     q = torch.randn(2, heads, tokens, channels // heads)
@@ -172,9 +137,9 @@ def main():
         torch.set_num_threads(args.threads)
 
     unet = OmegaConf.load(args.config).model.params.unet_config.params
-    steps, model = build(args.config, args.size, "ours")
+    steps, model = build(args.config, args.size, "ours", "backend")
     step = steps["ours"]
-    gflop = count_flops(step, (model.control_model, model.model.diffusion_model))
+    gflop = count_flops(step)
     with torch.inference_mode():
         seconds = _median_seconds(step, args.repeats)
     spent = seconds_by_kind(step)

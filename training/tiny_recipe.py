@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from ldm.modules.ema import LitEma
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(ROOT, "models", "tiny_fill50k.yaml")
 STAGES = ("data", "vae", "base", "control")
@@ -247,23 +249,6 @@ def encode_all(vae, images: np.ndarray, batch: int = 256):
     return torch.cat(means), torch.cat(stds)
 
 
-class EMA:
-    def __init__(self, params: List[torch.nn.Parameter], decay: float):
-        self.params, self.decay = params, decay
-        self.shadow = [p.detach().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - d)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s)
-
-
 def stage_base(args) -> Dict:
     from cldm.model import load_state_dict
     t0 = time.time()
@@ -280,7 +265,7 @@ def stage_base(args) -> Dict:
     model.train()
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.base_lr, weight_decay=0.0)
-    ema = EMA(params, args.ema)
+    ema = LitEma(model, decay=args.ema)  # the trainable parameters' average (upstream's LitEma)
     rng = np.random.default_rng(1)
     history = []
     budget, step = Budget(args.base_steps, args.base_minutes), 0
@@ -294,12 +279,12 @@ def stage_base(args) -> Dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema.update(step)
+        ema(model)
         if step % args.log_every == 0:
             history.append({"step": step, "loss": round(loss.item(), 5)})
             log.info("base %d/%d loss %.4f (%.0fs)", step, args.base_steps, loss.item(), time.time() - t0)
         step += 1
-    ema.copy_to_params()
+    ema.copy_to(model)
     model.eval()
     _save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(args.out, "base.safetensors"))
     return _finish(args.out, "base", t0, init=args.base_init, steps=step, batch=args.base_batch, lr=args.base_lr,
