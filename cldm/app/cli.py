@@ -26,6 +26,15 @@ def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True) -
         parser.add_argument("--ckpt", nargs=num_ckpts, type=Path,
                             help="ControlNet checkpoint" + ("s, one per ControlNet" if num_ckpts > 1 else "") +
                                  " (default: ./models/control_sd15_<name>.pth, else the bundled demo model)")
+        parser.add_argument("--control", nargs=num_ckpts, type=Path, dest="ckpt",
+                            help="same as --ckpt; also a control-only file (1.1's control_v11*.pth, fp16 "
+                                 ".safetensors) or a diffusers ControlNet folder, with --base")
+        parser.add_argument("--base", type=Path,
+                            help="Stable Diffusion checkpoint under a control-only --control file (default: "
+                                 "v1-5-pruned-emaonly / v1-5-pruned .safetensors/.ckpt in the models folder)")
+        parser.add_argument("--models-dir", type=Path,
+                            help="folder scanned for control_sd15_<name>.pth, control_v11*_<name> files and "
+                                 "diffusers folders, and base checkpoints (default: ./models)")
         parser.add_argument("--save-memory", action="store_true",
                             help="low-VRAM mode: keep only the modules in use on the device")
         parser.add_argument("--dtype", choices=DTYPE_CHOICES + ("float32", "float16", "bfloat16"), default="auto",
@@ -68,8 +77,11 @@ def _at_least_one(text: str) -> int:
 def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for path in getattr(args, "ckpt", None) or []:
-        if not path.is_file():
-            parser.error(f"--ckpt {path}: no such file")
+        if not path.exists():
+            parser.error(f"--ckpt {path}: no such file or folder")
+    base = getattr(args, "base", None)
+    if base is not None and not base.is_file():
+        parser.error(f"--base {base}: no such file")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by Gradio at call time: no telemetry, no version check
@@ -77,7 +89,9 @@ def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 
 
 def _engine(args: argparse.Namespace, checkpoints) -> Engine:
-    choice = resolve_model(checkpoints, args.ckpt, args.config)
+    choice = resolve_model(checkpoints, args.ckpt, args.config, base=args.base, models_dir=args.models_dir)
+    if args.ckpt and (choice.demo or not choice.available):  # files the user named cannot run
+        raise SystemExit(f"error: {choice.banner}")
     try:
         return Engine.load(choice, args.device, args.dtype, args.save_memory)
     except (CheckpointError, FileNotFoundError, ValueError) as e:  # the user's file or flag: no traceback

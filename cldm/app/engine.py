@@ -16,7 +16,8 @@ import torch
 
 from cldm.app.weights import ModelChoice
 from cldm.cldm import ControlInput, ControlNet, control_mode
-from cldm.model import CheckpointError, create_control_net, create_model, load_checkpoint, load_state_dict
+from cldm.loading import load_control_weights
+from cldm.model import create_control_net, create_model
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.accel import accelerate_for_inference, resolve_dtype
 
@@ -79,13 +80,9 @@ class ControlUnit:
 
 
 def load_control_net(config_path, ckpt_path) -> ControlNet:
-    """The ControlNet stored in a full ControlLDM checkpoint (its `control_model.*` weights)."""
+    """The ControlNet of any ControlNet file: a full checkpoint, a control-only file or a diffusers folder."""
     net = create_control_net(str(config_path))
-    prefix = "control_model."
-    weights = {k[len(prefix):]: v for k, v in load_state_dict(str(ckpt_path)).items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"{ckpt_path} holds no ControlNet (no '{prefix}' keys)")
-    load_checkpoint(net, weights, source=str(ckpt_path))
+    load_control_weights(net, ckpt_path)
     return net.eval()
 
 
@@ -104,6 +101,7 @@ class Engine:
         self.extra_nets = list(extra_nets)
         self.save_memory = save_memory
         self.banner = banner
+        self.model_label = ""  # the files in use, shown in the app's header
         # The demo model's tiny text tower only learnt Fill50K prompts: upstream's added and negative prompts
         # ("best quality, ...") are noise to it, so its apps start with them empty, and at the guidance
         # scale that scored best on it (models/tiny_fill50k.md: 2; upstream's 9 is clearly worse there).
@@ -118,9 +116,10 @@ class Engine:
             log.warning("no model weights: %s", choice.banner)
             return cls(None, device, banner=choice.banner)
         model = create_model(str(choice.config)).eval()
-        load_checkpoint(model, str(choice.ckpts[0]))
+        choice.load_weights(model)  # the first ControlNet, on its base when it is a control-only file
         extra = [load_control_net(choice.config, path).to(device, dtype) for path in choice.ckpts[1:]]
         engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner, choice.demo)
+        engine.model_label = choice.describe()
         for module in (model, *extra):
             accelerate_for_inference(module)
         engine._shift(diffusing=False)

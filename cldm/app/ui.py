@@ -150,6 +150,8 @@ def _header(title: str, engine: Engine = None) -> None:
     gr.Markdown(f"## {title}")
     if engine is not None and engine.banner:
         gr.Markdown(engine.banner, elem_id="banner")
+    elif engine is not None and getattr(engine, "model_label", ""):
+        gr.Markdown(f"Model: `{engine.model_label}`", elem_id="model-in-use")
 
 
 def _gallery(elem_id: str = "gallery") -> gr.Gallery:
@@ -168,9 +170,10 @@ def _checked_uploads(image: gr.Image) -> gr.Image:
         if payload is None:
             return None
         name = getattr(payload, "orig_name", None) or ""
+        if not getattr(payload, "path", None):  # e.g. a data: URL, which would be decoded unchecked
+            raise gr.Error("Upload the image as a file.", print_exception=False)
         try:
-            if getattr(payload, "path", None):
-                check_upload(payload.path, name)
+            check_upload(payload.path, name)
             return decode(payload)
         except ValueError as e:
             if str(e).startswith("The upload "):
@@ -328,6 +331,29 @@ def build_annotator_demo(annotators: Annotators) -> gr.Blocks:
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
+def _clear_input_errors(demo: gr.Blocks) -> None:
+    """Make every input of `demo` answer a value it cannot take (a raw API call sending NaN to an integer slider,
+    a word to a number) with one line naming the control, instead of Gradio's internal message listing the
+    event's components. Gradio's own range errors (gr.Error) pass unchanged."""
+    for block_fn in demo.fns.values():
+        for block in block_fn.inputs:
+            if getattr(block, "_clear_errors", False):
+                continue
+            decode, label = block.preprocess, getattr(block, "label", None) or type(block).__name__
+
+            def preprocess(payload, decode=decode, label=label):
+                try:
+                    return decode(payload)
+                except gr.Error:
+                    raise
+                except Exception as e:
+                    shown = repr(payload) if isinstance(payload, (int, float, bool, str, type(None))) else "this value"
+                    raise gr.Error(f"{label}: cannot use {shown[:40]} ({type(e).__name__})",
+                                   print_exception=False) from None
+
+            block.preprocess, block._clear_errors = preprocess, True
+
+
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port=None, max_file_size=MAX_FILE_SIZE,
            queue_size: int = QUEUE_SIZE, cache_ttl: int = CACHE_TTL_S, **kwargs):
     """Serve `demo` with the apps' CSS and errors shown in the page, within bounds: uploads over `max_file_size`
@@ -338,5 +364,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port=None, max_file_size=MA
         raise ValueError(f"cache_ttl and queue_size must be >= 1, got {cache_ttl} and {queue_size}")
     demo.delete_cache = (min(cache_ttl, CACHE_SWEEP_S), cache_ttl)  # (sweep every, delete when older than)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    _clear_input_errors(demo)
     return demo.launch(server_name=host, server_port=port, css=CSS, show_error=True, max_file_size=max_file_size,
                        **kwargs)
