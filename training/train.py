@@ -6,6 +6,9 @@ scripts differ only in their ``TrainDefaults``, and an interrupted run resumes w
 
 Output layout under ``--output-dir``: ``checkpoints/`` (``step=N.ckpt``, ``last.ckpt``), ``image_log/train/``
 (grids as upstream) and ``lightning_logs/version_N/metrics.csv`` (the loss).
+
+A killed run resumes exactly (``--resume-training``; bit-identical with ``--deterministic``): see
+``training.resume``. User documentation: ``docs/training.md``.
 """
 import argparse
 import logging
@@ -16,17 +19,19 @@ from typing import Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from torch.utils.data import DataLoader
 
 from cldm.model import CheckpointError, create_model, load_checkpoint
 from training.dataset import DatasetError, PromptDataset
+from training.data.loader import TrainData
 from training.logger import ImageLogger
+from training.resume import (AtomicCheckpointIO, ExactResume, LearningRateSchedule, StepCheckpoint,
+                             find_resume_checkpoint)
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # flag value -> Lightning's name
+# flag value -> Lightning's name (fp32/fp16 as in the apps' --dtype)
+PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,13 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--batch-size", type=int, default=4, help="per device")
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (batches per optimizer step)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
+    p.add_argument("--lr-warmup", type=int, default=0, help="linear learning-rate warm-up over N optimizer steps")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="after the warm-up: constant, or cosine decay to 0 at --max-steps")
+    p.add_argument("--ema", action="store_true", help="keep an EMA of the UNet weights (the config's use_ema)")
     p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; -1 trains until stopped")
-    p.add_argument("--precision", choices=sorted(PRECISIONS), default="32",
-                   help="32, bf16 (mixed, CPU or GPU) or 16 (mixed, GPU only)")
+    p.add_argument("--precision", "--dtype", choices=sorted(PRECISIONS), default="32",
+                   help="32 (fp32), bf16 (mixed, CPU or GPU) or 16 (fp16, mixed, GPU only)")
     p.add_argument("--sd-unlocked", action="store_true", help="also train the SD UNet decoder (sd_locked=False)")
     p.add_argument("--only-mid-control", action="store_true", help="add the control to the middle block only")
     p.add_argument("--prompt-dropout", type=float, default=0.0,
@@ -65,7 +74,10 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--devices", default=defaults.devices, help="number of devices (Lightning's)")
     p.add_argument("--strategy", default=defaults.strategy, help="auto, ddp, ddp_spawn, ... (Lightning's)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data order, augmentations and each step's noise")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (Lightning's deterministic=True): with a fixed --seed, a "
+                        "resumed run is bit-identical to an uninterrupted one on CPU")
     p.add_argument("--log-every", type=int, default=300, help="image log every N batches (0: never)")
     p.add_argument("--log-ddim-steps", type=int, default=50, help="DDIM steps of the logged samples")
     p.add_argument("--loss-every", type=int, default=50, help="write the loss to the CSV log every N steps")
@@ -83,15 +95,21 @@ def last_checkpoint_path(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints", "last.ckpt")
 
 
+def _holds_run(output_dir: str) -> bool:
+    folder = os.path.join(output_dir, "checkpoints")
+    return os.path.lexists(last_checkpoint_path(output_dir)) or (
+        os.path.isdir(folder) and any(name.endswith(".ckpt") for name in os.listdir(folder)))
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse settings that would fail late or silently differ from what was asked."""
     if args.precision == "16" and (args.accelerator == "cpu" or not torch.cuda.is_available()):
         raise SystemExit("error: --precision 16 needs a GPU (Lightning turns it into bf16 on CPU); "
                          "use --precision bf16")
     last = last_checkpoint_path(args.output_dir)
-    if args.resume_training and not os.path.lexists(last):
+    if args.resume_training and find_resume_checkpoint(os.path.dirname(last)) is None:
         raise SystemExit(f"error: --resume-training: no checkpoint to resume at {last}")
-    if not args.resume_training and os.path.lexists(last):
+    if not args.resume_training and _holds_run(args.output_dir):
         raise SystemExit(f"error: {args.output_dir} already holds a run ({last}); continue it with "
                          "--resume-training or choose another --output-dir")
     if not args.resume_training and not os.path.isfile(args.resume):
@@ -110,8 +128,9 @@ def set_grad_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
 def build_model(args: argparse.Namespace) -> pl.LightningModule:
     """The ControlLDM of ``--config`` with the training options; initial weights unless resuming a run
     (the run's checkpoint replaces them)."""
+    extra = {"use_ema": True} if args.ema else {}
     model = create_model(args.config, sd_locked=not args.sd_unlocked, only_mid_control=args.only_mid_control,
-                         learning_rate=args.lr)
+                         learning_rate=args.lr, **extra)
     if args.no_grad_checkpointing:
         set_grad_checkpointing(model, False)
     if not args.resume_training:
@@ -122,26 +141,15 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
     return model
 
 
-def build_dataloader(args: argparse.Namespace) -> DataLoader:
+def build_dataset(args: argparse.Namespace):
     try:
-        dataset = PromptDataset(args.data_root, prompt_dropout=args.prompt_dropout)
+        return PromptDataset(args.data_root, prompt_dropout=args.prompt_dropout)
     except (FileNotFoundError, DatasetError) as e:
         raise SystemExit(f"error: {e}") from e
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                      persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available())
 
 
-class StepCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, plus a save of the final step: Lightning saves only every N steps, so a
-    run ending between two saves (``--max-steps`` not a multiple of ``--ckpt-every``) would lose its last steps.
-    Uses ModelCheckpoint's own helpers (Lightning 2.6, pinned); tests/test_training.py checks the result."""
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # False when this step is saved already
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
-        super().on_train_end(trainer, pl_module)
+def build_data(args: argparse.Namespace, resume: ExactResume) -> TrainData:
+    return TrainData(build_dataset(args), args.batch_size, seed=args.seed, resume=resume, workers=args.workers)
 
 
 class RankSummary(pl.Callback):
@@ -165,7 +173,7 @@ def _strategy(args: argparse.Namespace) -> str:
     return args.strategy
 
 
-def build_trainer(args: argparse.Namespace) -> pl.Trainer:
+def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
     # The newest step (also written on an exception or Ctrl-C), or every one with --keep-checkpoints;
     # last.ckpt links to the newest.
     checkpoints = StepCheckpoint(dirpath=os.path.join(args.output_dir, "checkpoints"), filename="{step}",
@@ -174,22 +182,31 @@ def build_trainer(args: argparse.Namespace) -> pl.Trainer:
                                  save_on_exception=True, enable_version_counter=False)
     images = ImageLogger(args.output_dir, batch_frequency=args.log_every,
                          log_images_kwargs={"ddim_steps": args.log_ddim_steps})
+    schedule = LearningRateSchedule(args.lr, warmup=args.lr_warmup, schedule=args.lr_schedule, total=args.max_steps)
     return pl.Trainer(accelerator=args.accelerator, devices=_devices(args.devices), strategy=_strategy(args),
                       precision=PRECISIONS[args.precision], max_steps=args.max_steps,
                       accumulate_grad_batches=args.accumulate, log_every_n_steps=args.loss_every,
-                      callbacks=[checkpoints, images, RankSummary()], logger=CSVLogger(args.output_dir),
-                      default_root_dir=args.output_dir)
+                      callbacks=[resume, schedule, checkpoints, images, RankSummary()],
+                      logger=CSVLogger(args.output_dir), default_root_dir=args.output_dir,
+                      plugins=[AtomicCheckpointIO()], deterministic=args.deterministic or None,
+                      use_distributed_sampler=False)
 
 
 def train(args: argparse.Namespace) -> pl.Trainer:
     check_args(args)
     # The VAE and text encoder stay in eval mode on purpose (LatentDiffusion.train): not worth a warning.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Our loader resumes through ExactResume, not the DataLoader's own state_dict that Lightning looks for.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
     pl.seed_everything(args.seed, workers=True)
     model = build_model(args)
-    trainer = build_trainer(args)
-    ckpt_path = last_checkpoint_path(args.output_dir) if args.resume_training else None
-    trainer.fit(model, build_dataloader(args), ckpt_path=ckpt_path)
+    resume = ExactResume(args.seed)
+    trainer = build_trainer(args, resume)
+    ckpt_path = None
+    if args.resume_training:
+        ckpt_path = find_resume_checkpoint(os.path.dirname(last_checkpoint_path(args.output_dir)))
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(model, datamodule=build_data(args, resume), ckpt_path=ckpt_path)
     return trainer
 
 
