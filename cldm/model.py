@@ -178,10 +178,13 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], all
             report.missing.append(key)
     mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
                   for k in sd if k in own and sd[k].shape != own[k].shape]
+    # Any float precision loads (it is cast), but integers, booleans or complex numbers for float weights do not.
+    mismatched += [f"{k}: file {sd[k].dtype} vs model {own[k].dtype}" for k in sd if k in own and (
+        sd[k].is_floating_point() != own[k].is_floating_point() or sd[k].is_complex())]
     if report.missing or report.unexpected or mismatched:
         lines = [f"checkpoint {source} does not fit {type(model).__name__}; the file looks like: {_family(sd, config)}"]
         if mismatched:
-            lines.append(f"  {len(mismatched)} keys with other shapes: {_examples(mismatched, 3)}")
+            lines.append(f"  {len(mismatched)} keys with other shapes or types: {_examples(mismatched, 3)}")
         if report.missing:
             lines.append(f"  {len(report.missing)} keys missing from the file: {_examples(report.missing)}")
         if report.unexpected:
