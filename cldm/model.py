@@ -178,9 +178,10 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], all
             report.missing.append(key)
     mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
                   for k in sd if k in own and sd[k].shape != own[k].shape]
-    # Any float precision loads (it is cast), but integers, booleans or complex numbers for float weights do not.
+    # Any float precision loads (it is cast), but integers, booleans or complex numbers for float weights do not
+    # (float position_ids for the int64 buffer are common in merged SD files and load, as upstream).
     mismatched += [f"{k}: file {sd[k].dtype} vs model {own[k].dtype}" for k in sd if k in own and (
-        sd[k].is_floating_point() != own[k].is_floating_point() or sd[k].is_complex())]
+        own[k].is_floating_point() and not sd[k].is_floating_point() or sd[k].is_complex())]
     if report.missing or report.unexpected or mismatched:
         lines = [f"checkpoint {source} does not fit {type(model).__name__}; the file looks like: {_family(sd, config)}"]
         if mismatched:
