@@ -22,8 +22,11 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from cldm.model import CheckpointError, create_model, load_checkpoint
-from training.dataset import DatasetError, PromptDataset
+from training.dataset import DatasetError
+from training.data.conditions import condition_names
 from training.data.loader import TrainData
+from training.data.sources import FORMATS
+from training.data.sources import build_dataset as build_source_dataset
 from training.logger import ImageLogger
 from training.resume import (AtomicCheckpointIO, ExactResume, LearningRateSchedule, StepCheckpoint,
                              find_resume_checkpoint)
@@ -50,7 +53,21 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--config", default=defaults.config, help="ControlLDM yaml")
     p.add_argument("--resume", default=defaults.resume,
                    help="initial weights, a ControlLDM checkpoint made by tool_add_control.py")
-    p.add_argument("--data-root", default="./training/fill50k/", help="folder holding prompt.json")
+    p.add_argument("--data-root", default="./training/fill50k/",
+                   help="a Fill50K-layout folder (prompt.json), a folder of image/caption/condition files, a "
+                        ".jsonl/.csv index, or tar shards (a .tar, a folder of them, a glob or train-{000..009}.tar)")
+    p.add_argument("--data-format", choices=FORMATS, default="auto", help="how to read --data-root")
+    p.add_argument("--condition", choices=condition_names(), default=None,
+                   help="compute each condition with this annotator (after crop and flip) where none is stored")
+    p.add_argument("--annotator-ckpts", default=None, help="annotator weight folder for --condition")
+    p.add_argument("--resolution", type=int, default=0,
+                   help="train at this size (multiple of 64): resize and crop; 0 keeps each image's size")
+    p.add_argument("--buckets", action="store_true",
+                   help="aspect-ratio buckets of about resolution^2 pixels (each batch one shape)")
+    p.add_argument("--random-crop", action="store_true", help="random instead of centre crop")
+    p.add_argument("--flip", action="store_true", help="horizontal flip of image and condition together (p=0.5)")
+    p.add_argument("--skip-bad-samples", action="store_true",
+                   help="leave out (and count) unreadable or incomplete samples instead of stopping")
     p.add_argument("--output-dir", default=defaults.output_dir, help="checkpoints, image and loss logs")
     p.add_argument("--resume-training", action="store_true",
                    help="continue the interrupted run in --output-dir from checkpoints/last.ckpt")
@@ -143,13 +160,19 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
 
 def build_dataset(args: argparse.Namespace):
     try:
-        return PromptDataset(args.data_root, prompt_dropout=args.prompt_dropout)
-    except (FileNotFoundError, DatasetError) as e:
+        return build_source_dataset(args)
+    except (FileNotFoundError, DatasetError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
 
 
 def build_data(args: argparse.Namespace, resume: ExactResume) -> TrainData:
     return TrainData(build_dataset(args), args.batch_size, seed=args.seed, resume=resume, workers=args.workers)
+
+
+def build_dataloader(args: argparse.Namespace):
+    """The loader a single process would train from (for inspection; training builds it per rank)."""
+    data = build_data(args, ExactResume(args.seed))
+    return data.train_dataloader()
 
 
 class RankSummary(pl.Callback):
