@@ -256,3 +256,9 @@ def decode(model, latents: torch.Tensor) -> np.ndarray:
     vae_dtype = next(model.first_stage_model.parameters()).dtype
     x = model.decode_first_stage(latents.to(vae_dtype)).float()
     return ((x + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+if __name__ == "__main__":
+    from cldm.generate_cli import main
+
+    raise SystemExit(main())
