@@ -12,6 +12,7 @@ the plain path (whole file read, then ``load_state_dict``) for comparison.
     python -m bench.bench_loading --config tests/configs/cldm_tiny.yaml   # smoke run
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,6 +38,10 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+FILES = {"base": "v1-5-pruned-emaonly.safetensors", "fp32.safetensors": "control_fp32.safetensors",
+         "fp32.pth": "control_fp32.pth", "fp16.safetensors": "control_fp16.safetensors"}
+
+
 def generate(config: str, folder: Path) -> dict:
     """Write the random base and control files; returns their paths."""
     import torch
@@ -55,8 +60,7 @@ def generate(config: str, folder: Path) -> dict:
             out[k] = t.to(dtype) if own.is_floating_point else t
         return out
 
-    paths = {"base": folder / "v1-5-pruned-emaonly.safetensors", "fp32.safetensors": folder / "control_fp32.safetensors",
-             "fp32.pth": folder / "control_fp32.pth", "fp16.safetensors": folder / "control_fp16.safetensors"}
+    paths = {k: folder / v for k, v in FILES.items()}
     base_keys = [k for k in shapes if not k.startswith("control_model.")]
     control_keys = [k for k in shapes if k.startswith("control_model.")]
     save_state_dict(random(base_keys, torch.float16), str(paths["base"]))
@@ -78,11 +82,12 @@ def measure(config: str, base: str, control: str, plain: bool) -> dict:
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     control_bytes = sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k.startswith(CONTROL))
     start = _status("VmRSS")
+    _reset_peak()
     t0 = time.perf_counter()
     with open_file(base) as f:  # the base, read into the parameters (the app's cached model)
         fill(model, f)
     base_s = time.perf_counter() - t0
-    after_base = _status("VmRSS")
+    after_base, peak_base = _status("VmRSS"), _status("VmHWM")
     _reset_peak()
     t0 = time.perf_counter()
     if plain:  # what loading did before: the whole file in memory, then copied into the parameters
@@ -94,23 +99,28 @@ def measure(config: str, base: str, control: str, plain: bool) -> dict:
     control_s = time.perf_counter() - t0
     return {"control_file": os.path.basename(control), "plain": plain, "file_bytes": os.path.getsize(control),
             "model_bytes": model_bytes, "control_part_bytes": control_bytes, "rss_start": start,
-            "rss_after_base": after_base, "peak_during_control": _status("VmHWM"), "rss_end": _status("VmRSS"),
+            "rss_after_base": after_base, "peak_during_base": peak_base, "peak_during_control": _status("VmHWM"), "rss_end": _status("VmRSS"),
             "base_s": base_s, "control_s": control_s}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "models" / "cldm_v15.yaml"))
-    parser.add_argument("--dir", help="where to write the random files (default: a temporary folder, removed)")
+    parser.add_argument("--dir", help="folder for the random files, kept and reused by later runs (default: a "
+                                      "temporary folder, removed)")
     parser.add_argument("--measure", nargs=3, metavar=("BASE", "CONTROL", "PLAIN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.config, args.measure[0], args.measure[1], args.measure[2] == "1")))
         return
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with contextlib.ExitStack() as stack:
+        folder = Path(args.dir) if args.dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        paths = generate(args.config, Path(tmp))
-        print(f"random files written in {time.perf_counter() - t0:.0f} s: " +
+        paths = {k: str(folder / v) for k, v in FILES.items()}
+        if not all(Path(p).is_file() for p in paths.values()):
+            generate(args.config, folder)
+        print(f"random files ready in {time.perf_counter() - t0:.0f} s: " +
               ", ".join(f"{Path(p).name} {os.path.getsize(p) / 1e9:.2f} GB" for p in paths.values()), flush=True)
         rows = []
         for variant, plain in (("fp32.safetensors", False), ("fp32.pth", False), ("fp16.safetensors", False),
@@ -121,6 +131,7 @@ def main(argv=None) -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{'plain ' if plain else 'ours  '}{r['control_file']:<26} file {r['file_bytes'] / GiB:5.2f} GiB | "
+                  f"start {r['rss_start'] / GiB:.2f} GiB, base peak {r['peak_during_base'] / GiB:.2f} | "
                   f"after base {r['rss_after_base'] / GiB:5.2f} GiB | peak while loading the control "
                   f"{r['peak_during_control'] / GiB:5.2f} GiB (+{(r['peak_during_control'] - r['rss_after_base']) / GiB:.2f}"
                   f" for a {r['control_part_bytes'] / GiB:.2f} GiB ControlNet) | end {r['rss_end'] / GiB:5.2f} GiB | "

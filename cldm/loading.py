@@ -19,12 +19,11 @@ import os
 import sys
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
-from cldm.model import CheckpointError, LoadReport, _torch_load, check_state_dict
+from cldm.model import CheckpointError, LoadReport, check_state_dict
 
 log = logging.getLogger(__name__)
 

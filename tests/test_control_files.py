@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT, build_tiny, manifest, randomize_zero_convs
 
 from cldm.formats import diffusers as dformat
-from cldm.loading import (CONTROL, SafetensorsFile, classify, file_kind, load_control_weights, load_model_weights,
+from cldm.loading import (CONTROL, classify, file_kind, load_control_weights, load_model_weights,
                           open_file)
 from cldm.model import CheckpointError, create_model, load_model_config, save_state_dict
 

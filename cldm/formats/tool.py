@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from cldm.formats import diffusers as dformat
 from cldm.loading import CONTROL, control_weights
 from cldm.model import CheckpointError, check_state_dict, create_control_net, load_model_config, save_state_dict
