@@ -54,35 +54,48 @@ class Control:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def load_rgb(image: ImageLike) -> np.ndarray:
-    """A PIL image, an array or a file path -> (H, W, 3) uint8 RGB (grey and RGBA converted as upstream's HWC3)."""
+def _open(image: ImageLike, what: str):
+    """A path -> its decoded PIL image; anything else unchanged."""
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
-            raise FileNotFoundError(f"image not found: {image}")
+            raise FileNotFoundError(f"{what} not found: {image}")
         with Image.open(image) as opened:
-            image = opened.convert("RGBA") if opened.mode in ("RGBA", "LA", "P") else opened.convert("RGB")
-            image.load()
-    array = np.asarray(image)
+            opened.load()
+            return opened.copy()
+    return image
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 L, RGB or RGBA (16-bit grey keeps its top byte; palettes and transparency kept)."""
+    if image.mode in ("L", "RGB", "RGBA"):
+        return np.asarray(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+    transparent = image.mode in ("LA", "PA", "La", "RGBa") or "transparency" in image.info
+    return np.asarray(image.convert("RGBA" if transparent else "RGB"))
+
+
+def load_rgb(image: ImageLike) -> np.ndarray:
+    """A PIL image, a uint8 array or a file path -> (H, W, 3) uint8 RGB (grey expanded, transparency
+    composited on white, as upstream's HWC3)."""
+    image = _open(image, "image")
+    array = _pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {array.dtype}")
     return HWC3(array)
 
 
 def load_mask(mask: ImageLike) -> np.ndarray:
-    """A mask (white = repaint) as PIL, array or path -> (H, W) uint8; an RGB(A) mask's first channel, or the
-    alpha channel where the mask is a transparent layer with strokes."""
-    if isinstance(mask, (str, Path)):
-        if not Path(mask).is_file():
-            raise FileNotFoundError(f"mask not found: {mask}")
-        with Image.open(mask) as opened:
-            mask = np.asarray(opened.convert("RGBA") if opened.mode in ("RGBA", "LA", "P") else opened.convert("L"))
-    array = np.asarray(mask)
+    """A mask (white = repaint) as PIL, array or path -> (H, W) uint8: a grey mask as it is, an RGB(A) mask's
+    first channel, or the alpha channel of a transparent stroke layer (strokes = the opaque pixels)."""
+    mask = _open(mask, "mask")
+    array = _pil_to_array(mask) if isinstance(mask, Image.Image) else np.asarray(mask)
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 or bool mask, got {array.dtype}")
     if array.ndim == 3:
-        if array.shape[2] == 4 and array[..., 3].min() < 255:  # a stroke layer: strokes are the opaque pixels
+        if array.shape[2] == 4 and array[..., 3].min() < 255:
             return array[..., 3].copy()
         array = array[..., 0]
     return array

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cldm.generate import Control, fit_image, generate, pixel_perfect_resolution
+from cldm.generate import Control, fit_image, generate, load_mask, load_rgb, pixel_perfect_resolution
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "models" / "tiny_fill50k.yaml"
@@ -28,6 +28,20 @@ def test_fit_image_modes():
     assert mask.shape == (64, 64) and mask[:14].max() == 0 and mask[20:44].min() == 255
     with pytest.raises(ValueError, match="unknown resize mode 'stretch'"):
         fit_image(img, 64, 64, "stretch")
+
+
+def test_loading_images_and_masks(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:4, :, 3] = 255  # strokes (opaque) on the top half of a transparent layer
+    Image.fromarray(rgba).save(tmp_path / "layer.png")
+    assert (load_mask(tmp_path / "layer.png")[:4] == 255).all() and (load_mask(str(tmp_path / "layer.png"))[4:] == 0).all()
+    assert load_mask(np.eye(8, dtype=bool)).max() == 255
+    assert (load_rgb(Image.fromarray(rgba))[4:] == 255).all()  # transparent composited on white, as HWC3
+    assert load_rgb(Image.fromarray(np.full((4, 4), 7, np.uint8)).convert("P")).shape == (4, 4, 3)
+    sixteen = Image.fromarray(np.full((4, 4), 0x8000, np.uint16))
+    assert (load_rgb(sixteen) == 128).all()  # 16-bit grey keeps its top byte
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        load_rgb(tmp_path / "none.png")
 
 
 def test_pixel_perfect_resolution():
