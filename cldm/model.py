@@ -34,9 +34,14 @@ def create_model(config_path: str, device: Optional[str] = None, **overrides) ->
 
 
 def create_control_net(config_path: str, device: Optional[str] = None) -> torch.nn.Module:
-    """Only the ControlNet of a ControlLDM config (``control_stage_config``), freshly initialised."""
+    """Only the ControlNet of a ControlLDM config (``control_stage_config``), freshly initialised, with the
+    model-level flag that belongs to it (1.1 shuffle's ``global_average_pooling``) as ``ControlLDM`` sets it."""
+    params = load_model_config(config_path)["params"]
     with torch.device(device or "cpu"):
-        return instantiate_from_config(load_model_config(config_path)["params"]["control_stage_config"])
+        net = instantiate_from_config(params["control_stage_config"])
+    if params.get("global_average_pooling"):
+        net.global_average_pooling = True
+    return net
 
 
 def load_model_config(config_path: str) -> dict:

@@ -106,3 +106,15 @@ def test_engine_takes_a_diffusers_folder_as_second_controlnet(tiny_files, tmp_pa
     engine = Engine.load(choice, "cpu", torch.float32)
     second = engine.extra_nets[0].state_dict()
     assert all(torch.equal(second[k], v) for k, v in model.control_model.state_dict().items())
+
+
+def test_each_controlnet_gets_its_own_config(tmp_path):
+    from cldm.model import create_control_net
+    first, second = tmp_path / "control_sd15_canny.pth", tmp_path / "control_v11e_sd15_shuffle.pth"
+    first.write_bytes(b"x")
+    second.write_bytes(b"x")
+    choice = resolve_model(["canny", "shuffle"], [first, second], demo_weights=tmp_path / "absent")
+    assert choice.config_of(0) == MODELS / "cldm_v15.yaml"
+    assert choice.config_of(1) == MODELS / "control_v11e_sd15_shuffle.yaml"
+    assert create_control_net(str(choice.config_of(1)), device="meta").global_average_pooling
+    assert not create_control_net(str(choice.config_of(0)), device="meta").global_average_pooling

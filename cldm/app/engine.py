@@ -117,7 +117,8 @@ class Engine:
             return cls(None, device, banner=choice.banner)
         model = create_model(str(choice.config)).eval()
         choice.load_weights(model)  # the first ControlNet, on its base when it is a control-only file
-        extra = [load_control_net(choice.config, path).to(device, dtype) for path in choice.ckpts[1:]]
+        extra = [load_control_net(choice.config_of(i), path).to(device, dtype)
+                 for i, path in enumerate(choice.ckpts[1:], start=1)]
         engine = cls(model.to(device, dtype), device, extra, save_memory, choice.banner, choice.demo)
         engine.model_label = choice.describe()
         for module in (model, *extra):

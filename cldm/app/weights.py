@@ -42,6 +42,11 @@ class ModelChoice:
     banner: str = ""  # plain text; empty when the requested checkpoints run
     demo: bool = False  # the bundled tiny demo model stands in for the real checkpoints
     base: Optional[Path] = None
+    control_configs: Tuple[Path, ...] = ()  # per ControlNet (its own yaml, e.g. shuffle's); default: config
+
+    def config_of(self, index: int) -> Optional[Path]:
+        """The yaml the ControlNet ``ckpts[index]`` is built from."""
+        return self.control_configs[index] if self.control_configs else self.config
 
     @property
     def available(self) -> bool:
@@ -151,7 +156,8 @@ def resolve_model(names, ckpts=None, config=None, demo_config=DEMO_CONFIG, demo_
     if base is not None and not base.is_file():
         missing.append(base)
     if not missing:
-        return ModelChoice(chosen_config, tuple(paths), base=base)
+        configs = tuple(Path(config) if config else config_for(p, folder) for p in paths)
+        return ModelChoice(chosen_config, tuple(paths), base=base, control_configs=(chosen_config,) + configs[1:])
     return _fallback(paths, missing, demo_config, demo_weights)
 
 
