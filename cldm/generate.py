@@ -192,7 +192,8 @@ def generate(control_image, prompt: str, model, *, negative_prompt: str = "", st
              resize_mode: str = "just_resize", control_strength: float = 1.0, control_start: float = 0.0,
              control_end: float = 1.0, control_mode: str = "balanced", guess_mode: bool = False,
              eta: Optional[float] = None, mask_blur: float = 4.0, paste_back: bool = True,
-             callback: Optional[Callable[[dict], None]] = None, progress_bar: bool = True) -> List[Image.Image]:
+             callback: Optional[Callable[[dict], None]] = None, progress_bar: bool = True,
+             on_phase: Optional[Callable[[bool], None]] = None) -> List[Image.Image]:
     """Sample ``num_images`` images from ``model`` (a loaded ControlLDM) -> a list of PIL RGB images.
 
     ``control_image``: the condition map (PIL, uint8 array or path), a ``Control``, a list of ``Control`` (several
@@ -201,6 +202,8 @@ def generate(control_image, prompt: str, model, *, negative_prompt: str = "", st
     each image's ``info['seed']`` says which. ``width``/``height`` default to the model's native size.
     ``control_mode``: "balanced", "prompt" or "control" (``guess_mode`` makes every control "control").
     ``callback(info)`` gets the sampler's ``{'i', 'total', 't', 'x', 'pred_x0'}`` after each step.
+    ``on_phase(diffusing)`` is called with True before sampling and False after it (the text encoder and VAE
+    run outside): where a low-VRAM caller moves the UNet and ControlNets on and off the device.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -240,9 +243,13 @@ def generate(control_image, prompt: str, model, *, negative_prompt: str = "", st
         init_latents = encode(model, init_pixels).expand(n, -1, -1, -1)
     if mask is not None:
         pixel_mask, latent_keep = latent_mask(load_mask(mask), width, height, resize_mode, mask_blur)
+    if on_phase is not None:
+        on_phase(True)
     latents = sample(sampler, eps_fn, noise, model.alphas_cumprod_np, steps, init=init_latents, strength=strength,
                      mask=None if latent_keep is None else latent_keep.to(device), eta=eta, generator=generator,
                      callback=callback, progress_bar=progress_bar)
+    if on_phase is not None:
+        on_phase(False)
     images = decode(model, latents)
     if pixel_mask is not None and paste_back:
         m = pixel_mask[None, :, :, None]

@@ -119,11 +119,12 @@ def test_img2img_and_inpainting(tiny, held_out):
         recon = ((tiny.decode_first_stage(z) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0)
     assert not calls and np.array_equal(np.asarray(out[0]), recon.numpy())
 
-    # strength 0.5 of 4 steps: 2 steps, from the noised init
+    # strength 0.5 of 4 steps: 2 steps, from the noised init; on_phase brackets the sampling
     calls = []
     half = generate(hints[0], data.prompts[0], tiny, strength=0.5, steps=4, sampler="dpmpp_2m",
-                    callback=calls.append, **common)
-    assert len(calls) == 2 and not np.array_equal(np.asarray(half[0]), np.asarray(out[0]))
+                    callback=lambda info: calls.append(info["i"]), on_phase=lambda d: calls.append(f"diffusing={d}"),
+                    **common)
+    assert calls == ["diffusing=True", 0, 1, "diffusing=False"] and not np.array_equal(np.asarray(half[0]), np.asarray(out[0]))
 
     # inpainting the right half: the left, unmasked pixels are the init's (pasted back), the right is new
     mask = np.zeros((64, 128), np.uint8)
