@@ -34,7 +34,9 @@ def test_loading_images_and_masks(tmp_path):
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[:4, :, 3] = 255  # strokes (opaque) on the top half of a transparent layer
     Image.fromarray(rgba).save(tmp_path / "layer.png")
-    assert (load_mask(tmp_path / "layer.png")[:4] == 255).all() and (load_mask(str(tmp_path / "layer.png"))[4:] == 0).all()
+    layer = load_mask(tmp_path / "layer.png")
+    assert (layer[:4] == 255).all() and (layer[4:] == 0).all()
+    assert np.array_equal(load_mask(str(tmp_path / "layer.png")), layer)
     assert load_mask(np.eye(8, dtype=bool)).max() == 255
     assert (load_rgb(Image.fromarray(rgba))[4:] == 255).all()  # transparent composited on white, as HWC3
     assert load_rgb(Image.fromarray(np.full((4, 4), 7, np.uint8)).convert("P")).shape == (4, 4, 3)
@@ -122,9 +124,10 @@ def test_img2img_and_inpainting(tiny, held_out):
     # strength 0.5 of 4 steps: 2 steps, from the noised init; on_phase brackets the sampling
     calls = []
     half = generate(hints[0], data.prompts[0], tiny, strength=0.5, steps=4, sampler="dpmpp_2m",
-                    callback=lambda info: calls.append(info["i"]), on_phase=lambda d: calls.append(f"diffusing={d}"),
-                    **common)
-    assert calls == ["diffusing=True", 0, 1, "diffusing=False"] and not np.array_equal(np.asarray(half[0]), np.asarray(out[0]))
+                    callback=lambda info: calls.append(info["i"]),
+                    on_phase=lambda diffusing: calls.append(f"diffusing={diffusing}"), **common)
+    assert calls == ["diffusing=True", 0, 1, "diffusing=False"]
+    assert not np.array_equal(np.asarray(half[0]), np.asarray(out[0]))
 
     # inpainting the right half: the left, unmasked pixels are the init's (pasted back), the right is new
     mask = np.zeros((64, 128), np.uint8)
