@@ -31,3 +31,32 @@ def gaussian_smooth(maps: np.ndarray, sigma: float = 3.0) -> np.ndarray:
     """scipy.ndimage.gaussian_filter(sigma) per channel: 'reflect' border (abc|cba), taps to 4 sigma."""
     ksize = 2 * int(4.0 * sigma + 0.5) + 1
     return cv2.GaussianBlur(maps, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def smart_resize(x: np.ndarray, height: float, width: float) -> np.ndarray:
+    """ControlNet 1.1's resize (`openpose/util.py` `smart_resize`): to (int(height), int(width)), area
+    interpolation when the mean side shrinks, Lanczos otherwise; maps are resized channel by channel
+    (OpenCV's area resize takes at most 4 channels)."""
+    k = (height + width) / float(x.shape[0] + x.shape[1])
+    size = (int(width), int(height))
+    interpolation = cv2.INTER_AREA if k < 1 else cv2.INTER_LANCZOS4
+    if x.ndim == 2 or x.shape[2] in (1, 3):
+        out = cv2.resize(x, size, interpolation=interpolation)
+        return out.reshape(size[1], size[0], *x.shape[2:])
+    return np.stack([cv2.resize(x[:, :, c], size, interpolation=interpolation) for c in range(x.shape[2])], axis=2)
+
+
+def cpm_maps_v11(run_net, bgr: np.ndarray, net_size, out_size) -> list:
+    """ControlNet 1.1's version of `cpm_maps`: `bgr` is `smart_resize`d to `net_size` (h, w; floats are
+    truncated), padded and normalised as there; each output is `smart_resize`d x8, cropped to the unpadded
+    area, then `smart_resize`d to `out_size` (h, w). Returns (h, w, C) float32 maps."""
+    resized = smart_resize(bgr, *net_size)
+    rh, rw = resized.shape[:2]
+    padded = cv2.copyMakeBorder(resized, 0, -rh % STRIDE, 0, -rw % STRIDE, cv2.BORDER_CONSTANT,
+                                value=(PAD_VALUE,) * 3)
+    maps = []
+    for out in run_net(padded.astype(np.float32) / 256 - 0.5):
+        small = out[0].permute(1, 2, 0).float().cpu().numpy()
+        full = smart_resize(small, small.shape[0] * STRIDE, small.shape[1] * STRIDE)[:rh, :rw]
+        maps.append(smart_resize(full, *out_size))
+    return maps

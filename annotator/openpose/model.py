@@ -1,7 +1,7 @@
-"""OpenPose body (COCO-18, Cao et al. 2017) and hand (Simon et al. 2017) CPM networks.
+"""OpenPose body (COCO-18, Cao et al. 2017), hand (Simon et al. 2017) and face CPM networks.
 
 Convolutions are registered under their Caffe layer names at the top level, which are exactly the keys of
-`body_pose_model.pth` / `hand_pose_model.pth`, so the files load strictly and unchanged.
+`body_pose_model.pth` / `hand_pose_model.pth` / `facenet.pth`, so the files load strictly and unchanged.
 """
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ VGG_FRONT = (("conv1_1", 3, 64, 3), ("conv1_2", 64, 64, 3), POOL,
 PAF_CHANNELS = 38  # 19 limbs x (dx, dy)
 BODY_HEAT_CHANNELS = 19  # 18 COCO parts + background
 HAND_HEAT_CHANNELS = 22  # 21 hand keypoints + background
+FACE_HEAT_CHANNELS = 71  # 70 face landmarks + background
 N_STAGES = 6
 
 
@@ -80,14 +81,13 @@ class BodyPoseNet(CaffeConvNet):
 class HandPoseNet(CaffeConvNet):
     """(b, 3, H, W) BGR / 256 - 0.5 -> keypoint heat maps (b, 22, H/8, W/8)."""
 
-    def __init__(self):
+    def __init__(self, heat_channels: int = HAND_HEAT_CHANNELS):
         super().__init__()
         self.trunk = self.add_layers(VGG_FRONT + (
             ("conv4_3", 512, 512, 3), ("conv4_4", 512, 512, 3), ("conv5_1", 512, 512, 3), ("conv5_2", 512, 512, 3),
             ("conv5_3_CPM", 512, 128, 3)))
-        first = (("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, HAND_HEAT_CHANNELS, 1))
-        later = [_refinement_stage(f"stage{s}", 128 + HAND_HEAT_CHANNELS, HAND_HEAT_CHANNELS)
-                 for s in range(2, N_STAGES + 1)]
+        first = (("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, heat_channels, 1))
+        later = [_refinement_stage(f"stage{s}", 128 + heat_channels, heat_channels) for s in range(2, N_STAGES + 1)]
         self.stages = [self.add_layers(stage) for stage in [first] + later]
 
     def forward(self, x):
@@ -96,3 +96,11 @@ class HandPoseNet(CaffeConvNet):
         for layers in self.stages[1:]:
             out = self.run(torch.cat([out, features], dim=1), layers)
         return out
+
+
+class FaceNet(HandPoseNet):
+    """The OpenPose face net (ControlNet 1.1's `facenet.pth`): the hand net's layers and layer names, with
+    71 heat maps (70 landmarks + background). (b, 3, H, W) BGR / 256 - 0.5 -> (b, 71, H/8, W/8)."""
+
+    def __init__(self):
+        super().__init__(FACE_HEAT_CHANNELS)
