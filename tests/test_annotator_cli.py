@@ -90,3 +90,57 @@ def test_module_entry_point(inputs, tmp_path):
                              str(tmp_path / "out"), "--resolution", "64"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "colour.png").is_file()
+
+
+# ------------------------------------------------------------------------- batches: resumable, several
+
+def test_a_second_run_skips_done_maps_and_overwrite_redoes_them(inputs, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert main(["canny", str(inputs), str(out), "--resolution", "64"]) == 0
+    (out / "colour.png").write_bytes(b"marker")  # a done map is never touched again...
+    (out / "grey.png").unlink()  # ...and a missing one is made
+    with caplog.at_level(logging.INFO, logger="annotator"):
+        assert main(["canny", str(inputs), str(out), "--resolution", "64"]) == 0
+    assert "annotated 1 of 7 file(s)" in caplog.text and "(3 already done)" in caplog.text
+    assert (out / "colour.png").read_bytes() == b"marker" and (out / "grey.png").is_file()
+    assert main(["canny", str(inputs), str(out), "--resolution", "64", "--overwrite"]) == 0
+    assert cv2.imread(str(out / "colour.png")) is not None
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_several_annotators_write_one_folder_each(inputs, tmp_path):
+    ckpts = random_ckpt_dir("table5_pidinet.pth")
+    out = tmp_path / "out"
+    assert main(["canny,pidinet_safe,shuffle,ip2p", str(inputs / "colour.png"), str(out), "--resolution", "64",
+                 "--ckpt-dir", str(ckpts)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["canny", "ip2p", "pidinet_safe", "shuffle"]
+    safe = cv2.imread(str(out / "pidinet_safe" / "colour.png"), cv2.IMREAD_UNCHANGED)
+    assert safe.shape == (64, 128) and set(np.unique(safe)) <= {0, 127, 255}
+    shuffled = cv2.imread(str(out / "shuffle" / "colour.png"))
+    assert shuffled.shape == (64, 128, 3)
+
+
+def test_a_missing_weight_file_stops_only_its_annotator(inputs, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert main(["lineart,canny", str(inputs / "colour.png"), str(out), "--resolution", "64",
+                 "--ckpt-dir", str(tmp_path / "none")]) == 2
+    assert "lineart: missing annotator weights sk_model.pth" in caplog.text
+    assert (out / "canny" / "colour.png").is_file() and not (out / "lineart").exists()
+
+
+def test_all_names_every_annotator_and_unknown_names_are_refused(capsys):
+    from annotator.__main__ import annotator_names
+    assert annotator_names("all") == list(ANNOTATORS)
+    assert {"lineart", "lineart_anime", "pidinet", "scribble_pidinet", "openpose_full", "shuffle"} <= set(ANNOTATORS)
+    with pytest.raises(SystemExit):
+        main(["canny,nope", "x", "y"])
+    assert "unknown annotator nope" in capsys.readouterr().err
+
+
+def test_a_map_never_replaces_its_input(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((40, 60, 3), 90, np.uint8))
+    before = (folder / "a.png").read_bytes()
+    assert main(["canny", str(folder), str(folder), "--resolution", "64"]) == 1
+    assert (folder / "a.png").read_bytes() == before
