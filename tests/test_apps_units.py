@@ -200,7 +200,7 @@ def test_seed_minus_one_draws_upstreams_range():
 
 
 def test_invalid_settings_and_maps_are_value_errors():
-    with pytest.raises(ValueError, match="eta = nan"):
+    with pytest.raises(ValueError, match=r"eta \(0 to 1\) = nan"):
         Sampling(eta=float("nan"))
     with pytest.raises(ValueError, match="Control start must not exceed"):
         ControlUnit(np.zeros((64, 64, 3), np.uint8), start=0.9, end=0.1)
