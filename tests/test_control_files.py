@@ -240,3 +240,18 @@ def test_lineart_anime_text_encoder_is_clip_skip_2_with_three_windows():
         assert z.shape == (1, 231, 32)
         assert torch.allclose(z, want, atol=1e-6)
         assert not torch.allclose(z[:, :77], plain(["a girl, " * 60]), atol=1e-3)  # skip 2 differs from 1
+
+
+def test_legacy_pickle_and_diffusers_bin_files(trained, files, tmp_path):
+    """A pre-zip torch.save file (read whole, still weights_only) and a diffusers folder with a .bin."""
+    control = trained.control_model.state_dict()
+    legacy = tmp_path / "control_legacy.pth"
+    torch.save({CONTROL + k: v for k, v in control.items()}, legacy, _use_new_zipfile_serialization=False)
+    folder = tmp_path / "diffusers_bin"
+    folder.mkdir()
+    torch.save(dformat.to_diffusers(control), folder / "diffusion_pytorch_model.bin")
+    for path in (legacy, folder):
+        model = fresh()
+        load_model_weights(model, path, base=files["base.ckpt"])
+        loaded = model.control_model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in control.items()), path
