@@ -22,7 +22,8 @@ from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 WEIGHT_FILES = ("ControlNetHED.pth", "mlsd_large_512_fp32.pth", "body_pose_model.pth",
-                "dpt_hybrid-midas-501f0c75.pt", "upernet_global_small.pth")
+                "dpt_hybrid-midas-501f0c75.pt", "upernet_global_small.pth",
+                "table5_pidinet.pth", "sk_model.pth", "netG.pth")  # ControlNet 1.1 annotator tabs
 INPUT_HW = (64, 64)  # square and small: UniFormer upscales to 512 px whatever the input (other tests vary the shape)
 
 

@@ -39,6 +39,10 @@ class StubAnnotators:
     uniformer = staticmethod(lambda img: StubAnnotators._map(img, 3))
     openpose = staticmethod(lambda img, hand=False: (StubAnnotators._map(img, 3), {}))
     midas = staticmethod(lambda img, a=6.28, bg_th=0.1: (StubAnnotators._map(img), StubAnnotators._map(img, 3)))
+    pidinet = staticmethod(lambda img, safe=False: StubAnnotators._map(img))
+    lineart = staticmethod(lambda img, coarse=False: StubAnnotators._map(img))
+    lineart_anime = staticmethod(lambda img: StubAnnotators._map(img))
+    openpose_full = staticmethod(lambda img, hand_and_face=False: (StubAnnotators._map(img, 3), {}))
 
 
 # ---------------------------------------------------------------------------------------------- scripts

@@ -7,9 +7,13 @@ from functools import cached_property
 
 from annotator.canny import CannyDetector
 from annotator.hed import HEDdetector
+from annotator.lineart import LineartDetector
+from annotator.lineart_anime import LineartAnimeDetector
 from annotator.midas import MidasDetector
 from annotator.mlsd import MLSDdetector
 from annotator.openpose import OpenposeDetector
+from annotator.openpose.full import OpenposeFullDetector
+from annotator.pidinet import PidiNetDetector
 from annotator.uniformer import UniformerDetector
 
 
@@ -46,3 +50,22 @@ class Annotators:
     @cached_property
     def uniformer(self) -> UniformerDetector:
         return UniformerDetector(device=self.device, ckpt_dir=self.ckpt_dir)
+
+    # ControlNet 1.1
+
+    @cached_property
+    def pidinet(self) -> PidiNetDetector:
+        return PidiNetDetector(device=self.device, ckpt_dir=self.ckpt_dir)
+
+    @cached_property
+    def lineart(self) -> LineartDetector:
+        return LineartDetector(device=self.device, ckpt_dir=self.ckpt_dir)
+
+    @cached_property
+    def lineart_anime(self) -> LineartAnimeDetector:
+        return LineartAnimeDetector(device=self.device, ckpt_dir=self.ckpt_dir)
+
+    @cached_property
+    def openpose_full(self) -> OpenposeFullDetector:
+        """1.1's OpenPose (hands and faces drawn as 1.1 draws them); it has its own body/hand nets."""
+        return OpenposeFullDetector(device=self.device, ckpt_dir=self.ckpt_dir)

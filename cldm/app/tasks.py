@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 
 from annotator.scribble import canvas_scribble_map, fake_scribble, scribble_map
+from annotator.shuffle import ContentShuffleDetector
+from annotator.tile import tile_resample
 from annotator.util import HWC3, resize_image
 
 
@@ -183,4 +185,18 @@ ANNOTATOR_TABS = (
     AnnotatorTab("Openpose", "openpose", lambda ann, img, hand: [ann.openpose(img, hand)[0]], options=(
         Option("hand", "detect hand", False),)),
     AnnotatorTab("Uniformer Segmentation", "uniformer", lambda ann, img: [ann.uniformer(img)]),
+    # ControlNet 1.1 (upstream's 1.1 annotator app, plus the safe / scribble variants of its soft-edge apps)
+    AnnotatorTab("Pidi Edge", "pidinet", lambda ann, img, safe: [ann.pidinet(img, safe)], options=(
+        Option("safe", "safe (quantised)", False),)),
+    AnnotatorTab("Scribble (PiDiNet + NMS)", "scribble_pidinet", lambda ann, img: [fake_scribble(ann.pidinet(img))]),
+    AnnotatorTab("Lineart", "lineart", lambda ann, img, coarse: [ann.lineart(img, coarse)], options=(
+        Option("coarse", "Using coarse model", False),)),
+    AnnotatorTab("Lineart Anime", "lineart_anime", lambda ann, img: [ann.lineart_anime(img)]),
+    AnnotatorTab("Openpose (1.1, hand and face)", "openpose_full",
+                 lambda ann, img, hand_and_face: [ann.openpose_full(img, hand_and_face)[0]], options=(
+                     Option("hand_and_face", "Hand and Face", False),)),
+    AnnotatorTab("Content Shuffle", "shuffle", lambda ann, img, seed: [ContentShuffleDetector()(img, seed=int(seed))],
+                 options=(Option("seed", "seed", 12345, 0, 2147483647, 1),)),
+    AnnotatorTab("Tile Resample", "tile_resample", lambda ann, img, rate: [tile_resample(img, rate)], options=(
+        Option("rate", "down sampling rate", 1.0, 1.0, 8.0, 0.01),)),
 )
