@@ -21,7 +21,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from cldm.model import CheckpointError, create_model, load_checkpoint
+from cldm.model import CheckpointError, load_checkpoint, load_model_config, load_state_dict
+from ldm.util import instantiate_from_config
+from training import cache
 from training.dataset import DatasetError
 from training.data.conditions import condition_names
 from training.data.loader import TrainData
@@ -66,6 +68,10 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
                    help="aspect-ratio buckets of about resolution^2 pixels (each batch one shape)")
     p.add_argument("--random-crop", action="store_true", help="random instead of centre crop")
     p.add_argument("--flip", action="store_true", help="horizontal flip of image and condition together (p=0.5)")
+    p.add_argument("--cache-latents", action="store_true",
+                   help="encode every image with the VAE once, into a safetensors cache (no --random-crop/--flip)")
+    p.add_argument("--cache-text", action="store_true", help="encode every caption once, into a safetensors cache")
+    p.add_argument("--cache-dir", default=None, help="where the caches go (default: .encodings/ next to the data)")
     p.add_argument("--skip-bad-samples", action="store_true",
                    help="leave out (and count) unreadable or incomplete samples instead of stopping")
     p.add_argument("--output-dir", default=defaults.output_dir, help="checkpoints, image and loss logs")
@@ -146,8 +152,11 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
     """The ControlLDM of ``--config`` with the training options; initial weights unless resuming a run
     (the run's checkpoint replaces them)."""
     extra = {"use_ema": True} if args.ema else {}
-    model = create_model(args.config, sd_locked=not args.sd_unlocked, only_mid_control=args.only_mid_control,
-                         learning_rate=args.lr, **extra)
+    config = load_model_config(args.config)
+    if (args.cache_latents or args.cache_text) and config.get("target") == "cldm.cldm.ControlLDM":
+        config["target"] = "training.cache.CachedControlLDM"  # reads the cached encodings; same weights
+    model = instantiate_from_config(config, sd_locked=not args.sd_unlocked, only_mid_control=args.only_mid_control,
+                                    learning_rate=args.lr, **extra)
     if args.no_grad_checkpointing:
         set_grad_checkpointing(model, False)
     if not args.resume_training:
@@ -165,8 +174,29 @@ def build_dataset(args: argparse.Namespace):
         raise SystemExit(f"error: {e}") from e
 
 
-def build_data(args: argparse.Namespace, resume: ExactResume) -> TrainData:
-    return TrainData(build_dataset(args), args.batch_size, seed=args.seed, resume=resume, workers=args.workers)
+def with_caches(args: argparse.Namespace, model: pl.LightningModule, dataset):
+    """``dataset`` reading the encodings of --cache-latents / --cache-text (computed now if missing)."""
+    if not (args.cache_latents or args.cache_text):
+        return dataset
+    if args.resume_training:  # the encoders' weights are in the run's checkpoint (the key depends on them)
+        path = find_resume_checkpoint(os.path.dirname(last_checkpoint_path(args.output_dir)))
+        model.load_state_dict(load_state_dict(path), strict=False)
+    folder = args.cache_dir or cache.cache_dir_for(args.data_root)
+    device = "cuda" if args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    model.to(device)
+    try:
+        latents = cache.build_cache(model, dataset, "latents", folder) if args.cache_latents else None
+        text = cache.build_cache(model, dataset, "text", folder) if args.cache_text else None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    finally:
+        model.to("cpu")
+    return cache.CachedDataset(dataset, latents=latents, text=text)
+
+
+def build_data(args: argparse.Namespace, resume: ExactResume, dataset=None) -> TrainData:
+    dataset = build_dataset(args) if dataset is None else dataset
+    return TrainData(dataset, args.batch_size, seed=args.seed, resume=resume, workers=args.workers)
 
 
 def build_dataloader(args: argparse.Namespace):
@@ -223,13 +253,14 @@ def train(args: argparse.Namespace) -> pl.Trainer:
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
     pl.seed_everything(args.seed, workers=True)
     model = build_model(args)
+    dataset = with_caches(args, model, build_dataset(args))
     resume = ExactResume(args.seed)
     trainer = build_trainer(args, resume)
     ckpt_path = None
     if args.resume_training:
         ckpt_path = find_resume_checkpoint(os.path.dirname(last_checkpoint_path(args.output_dir)))
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(model, datamodule=build_data(args, resume), ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=build_data(args, resume, dataset), ckpt_path=ckpt_path)
     return trainer
 
 
