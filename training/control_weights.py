@@ -47,8 +47,8 @@ def add_control(sd: Mapping[str, torch.Tensor], config_path: str, seed: int = 0,
     The ControlLDM is built on the meta device (keys and shapes only); only its ControlNet is built with real
     weights. ``logvar`` is written even when ``sd`` lacks it (older SD files, where it was no buffer), from the
     config's ``logvar_init``, and listed as new, as upstream does; the other keys the loader recomputes from the
-    config (schedule buffers, ``position_ids``) are left out when ``sd`` lacks them. Raises ``CheckpointError`` when ``sd`` does not fit the config's SD part or already holds a
-    ControlNet.
+    config (schedule buffers, ``position_ids``) are left out when ``sd`` lacks them. Raises ``CheckpointError``
+    when ``sd`` does not fit the config's SD part or already holds a ControlNet.
     """
     if any(k.startswith(CONTROL) for k in sd):
         raise CheckpointError(f"{source} already holds a ControlNet ({CONTROL}* keys); start from a plain "
