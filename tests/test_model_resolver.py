@@ -75,7 +75,8 @@ def test_control_only_file_without_base_says_what_to_do(tiny_files, tmp_path):
     choice = resolve_model("canny", [control], models_dir=tmp_path, demo_weights=tmp_path / "absent")
     assert not choice.available and "--base" in choice.banner and "v1-5-pruned-emaonly.safetensors" in choice.banner
     args = make_parser("t").parse_args(["--control", str(control), "--models-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="holds only a ControlNet"):
+    with pytest.raises(SystemExit, match="^error: control_v11p_sd15_canny.safetensors holds only a ControlNet: "
+                                         "name its Stable Diffusion base with --base"):
         _engine(args, ["canny"])
 
 

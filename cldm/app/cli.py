@@ -91,7 +91,7 @@ def _setup(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 def _engine(args: argparse.Namespace, checkpoints) -> Engine:
     choice = resolve_model(checkpoints, args.ckpt, args.config, base=args.base, models_dir=args.models_dir)
     if args.ckpt and (choice.demo or not choice.available):  # files the user named cannot run
-        raise SystemExit(f"error: {choice.banner}")
+        raise SystemExit(f"error: {choice.reason}")
     try:
         return Engine.load(choice, args.device, args.dtype, args.save_memory)
     except (CheckpointError, FileNotFoundError, ValueError) as e:  # the user's file or flag: no traceback

@@ -43,6 +43,7 @@ class ModelChoice:
     demo: bool = False  # the bundled tiny demo model stands in for the real checkpoints
     base: Optional[Path] = None
     control_configs: Tuple[Path, ...] = ()  # per ControlNet (its own yaml, e.g. shuffle's); default: config
+    reason: str = ""  # why the requested files cannot run, and what to do (empty when they run)
 
     def config_of(self, index: int) -> Optional[Path]:
         """The yaml the ControlNet ``ckpts[index]`` is built from."""
@@ -165,7 +166,8 @@ def _fallback(paths, missing, demo_config, demo_weights, wanted: str = "") -> Mo
     wanted = wanted or "download from {} and put {}, then restart".format(
         WEIGHTS_URL, "; ".join(f"{p.name} at {p}" for p in missing))
     if Path(demo_config).is_file() and Path(demo_weights).is_file():
-        return ModelChoice(Path(demo_config), (Path(demo_weights),) * len(paths), demo=True, banner=(
+        return ModelChoice(Path(demo_config), (Path(demo_weights),) * len(paths), demo=True, reason=wanted, banner=(
             f"Running the bundled tiny demo model ({Path(demo_weights).name}, trained on Fill50K circles only: "
             f"expect coloured circles, not photos). For the real ControlNet, {wanted}."))
-    return ModelChoice(None, (), banner=f"No model weights found, so Run cannot generate images: {wanted}.")
+    return ModelChoice(None, (), reason=wanted,
+                       banner=f"No model weights found, so Run cannot generate images: {wanted}.")
