@@ -2,7 +2,7 @@
 `annotator/manifests/*.json` (ControlNet 1.1 files) and `shared/manifests/annotators/*.json` (1.0 files).
 
 The files are saved exactly as the real ones are stored (plain state dict, mmcv's `{'state_dict', 'meta'}`
-container, or a training checkpoint `{'state_dict'}`), so a detector's own loader can be tested without
+container, or a training checkpoint `{'state_dict'}` / `{'model'}`), so a detector's own loader can be tested without
 the real weights.
 Values are scaled like a fan-in initialisation so random nets give finite, non-trivial maps.
 """
@@ -49,7 +49,7 @@ def manifest(name: str) -> dict:
 
 
 def manifest_container(name: str) -> str:
-    """'plain', 'mmcv' or 'checkpoint', as listed in the manifest index."""
+    """'plain', 'mmcv', 'checkpoint' or 'model_checkpoint', as listed in the manifest index."""
     return json.loads((_manifest_folder(name) / "index.json").read_text())[name]["container"]
 
 
@@ -84,8 +84,8 @@ def make_random_weights(manifest_name: str, path, drop_num_batches_tracked: bool
                         container: str = None, meta: dict = None, seed: int = 0) -> Path:
     """Save a random stand-in for `manifest_name` at `path` (a file or a folder) and return the file path.
 
-    container: 'plain' (the dict itself), 'mmcv' (`{'state_dict': ..., 'meta': meta or random_meta()}`) or
-    'checkpoint' (`{'state_dict': ...}`); default: the one the real file uses.
+    container: 'plain' (the dict itself), 'mmcv' (`{'state_dict': ..., 'meta': meta or random_meta()}`),
+    'checkpoint' (`{'state_dict': ...}`) or 'model_checkpoint' (`{'model': ...}`); default: the real file's.
     """
     path = Path(path)
     if path.is_dir():
@@ -96,6 +96,8 @@ def make_random_weights(manifest_name: str, path, drop_num_batches_tracked: bool
         obj = {"state_dict": state, "meta": meta if meta is not None else random_meta()}
     elif container == "checkpoint":
         obj = {"state_dict": state}
+    elif container == "model_checkpoint":
+        obj = {"model": state}
     elif container == "plain":
         obj = state
     else:
