@@ -128,7 +128,7 @@ def test_check_upload_names_the_users_file_only(files):
 def test_queue_cap_turns_extra_requests_away(files, tmp_path):
     with bounded_app(queue_size=1) as (demo, url):
         client = client_for(url, tmp_path)
-        kwargs = task_kwargs(CANNY, handle_file(files / "photo.png"), num_samples=1, ddim_steps=60)
+        kwargs = task_kwargs(CANNY, handle_file(files / "photo.png"), num_samples=1, ddim_steps=20)
         jobs = [client.submit(**kwargs, api_name="/run") for _ in range(3)]
         outcomes = []
         for job in jobs:
