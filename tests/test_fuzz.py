@@ -35,7 +35,8 @@ from cldm.app.annotators import Annotators
 from cldm.app.images import to_rgb
 from cldm.app.tasks import TASKS
 from cldm.app.ui import _image_input, build_demo, launch
-from cldm.model import CheckpointError, load_checkpoint, save_state_dict
+from cldm.app.weights import DEMO_CONFIG, DEMO_WEIGHTS
+from cldm.model import CheckpointError, create_model, load_checkpoint, save_state_dict
 from training import fill50k
 from training.dataset import DatasetError, PromptDataset
 
@@ -406,6 +407,21 @@ def test_fuzz_checkpoints(tmp_path, capsys):
         assert kind != "pickled code" or outcome == "error"
         assert kind not in ("wrong dtypes", "wrong shapes", "truncated", "empty") or outcome == "error", path.name
         kinds[kind] += 1
+        outcomes[outcome] += 1
+    # the bundled demo model's own file: whole (valid), and cut where a failed download would leave it
+    demo = create_model(str(DEMO_CONFIG))
+    data = DEMO_WEIGHTS.read_bytes()
+    for cut in (0, *sorted(int(c) for c in rng.integers(1, len(data), 3)), len(data)):
+        path = tmp_path / f"tiny_fill50k_{cut}.safetensors"
+        path.write_bytes(data[:cut])
+        try:
+            timed(lambda: load_checkpoint(demo, str(path)))
+            outcome = "valid"
+        except CheckpointError as e:
+            assert_clear(str(e), path.name)
+            outcome = "error"
+        assert (outcome == "valid") == (cut == len(data))
+        kinds["demo model file"] += 1
         outcomes[outcome] += 1
     assert not (tmp_path / SENTINEL).exists(), "a pickled payload ran"
     with capsys.disabled():
