@@ -155,6 +155,11 @@ def _tile_blur(args):
     return lambda img: tile_blur(img, args.sigma)
 
 
+def _normalbae(args):
+    from annotator.normalbae import NormalBaeDetector
+    return NormalBaeDetector(**_net_kwargs(args))
+
+
 def _ip2p(args):
     return lambda img: img  # instruct-pix2pix takes the image itself
 
@@ -180,6 +185,7 @@ ANNOTATORS = {  # name -> (builder, default resolution)
     "lineart_coarse": (_lineart_coarse, 512),
     "lineart_anime": (_lineart_anime, 512),
     "openpose_full": (_openpose_full, 512),
+    "normalbae": (_normalbae, 512),
     "shuffle": (_shuffle, 512),
     "tile_resample": (_tile_resample, 512),
     "tile_blur": (_tile_blur, 512),

@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 WEIGHT_FILES = ("ControlNetHED.pth", "mlsd_large_512_fp32.pth", "body_pose_model.pth",
                 "dpt_hybrid-midas-501f0c75.pt", "upernet_global_small.pth",
-                "table5_pidinet.pth", "sk_model.pth", "netG.pth")  # ControlNet 1.1 annotator tabs
+                "table5_pidinet.pth", "sk_model.pth", "netG.pth", "scannet.pt")  # ControlNet 1.1 annotator tabs
 INPUT_HW = (64, 64)  # square and small: UniFormer upscales to 512 px whatever the input (other tests vary the shape)
 
 

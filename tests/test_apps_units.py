@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from ldm.accel import resolve_dtype
 from apps_support import FAST, ROOT_SCRIPTS, task_kwargs, tiny_engine
 from PIL import Image
 
@@ -42,6 +44,7 @@ class StubAnnotators:
     pidinet = staticmethod(lambda img, safe=False: StubAnnotators._map(img))
     lineart = staticmethod(lambda img, coarse=False: StubAnnotators._map(img))
     lineart_anime = staticmethod(lambda img: StubAnnotators._map(img))
+    normalbae = staticmethod(lambda img: StubAnnotators._map(img, 3))
     openpose_full = staticmethod(lambda img, hand_and_face=False: (StubAnnotators._map(img, 3), {}))
 
 
@@ -252,11 +255,11 @@ def test_event_functions_name_their_api_parameters():
 
 def test_command_line_flags():
     args = cli.make_parser("x").parse_args([])
-    assert (args.host, args.port, args.dtype, args.save_memory, args.ckpt) == ("127.0.0.1", None, "float32", False,
+    assert (args.host, args.port, args.dtype, args.save_memory, args.ckpt) == ("127.0.0.1", None, "auto", False,
                                                                                 None)
-    args = cli.make_parser("x").parse_args(["--device", "cpu", "--dtype", "bfloat16", "--save-memory",
+    args = cli.make_parser("x").parse_args(["--device", "cpu", "--dtype", "bf16", "--save-memory",
                                             "--ckpt", "a.pth"])
-    assert args.device == "cpu" and cli.DTYPES[args.dtype] is torch.bfloat16 and args.ckpt == [Path("a.pth")]
+    assert args.device == "cpu" and resolve_dtype(args.dtype, "cpu") is torch.bfloat16 and args.ckpt == [Path("a.pth")]
     assert cli.make_parser("x", num_ckpts=2).parse_args(["--ckpt", "a", "b"]).ckpt == [Path("a"), Path("b")]
     assert not hasattr(cli.make_parser("x", with_model=False).parse_args([]), "ckpt")
 

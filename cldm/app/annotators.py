@@ -11,6 +11,7 @@ from annotator.lineart import LineartDetector
 from annotator.lineart_anime import LineartAnimeDetector
 from annotator.midas import MidasDetector
 from annotator.mlsd import MLSDdetector
+from annotator.normalbae import NormalBaeDetector
 from annotator.openpose import OpenposeDetector
 from annotator.openpose.full import OpenposeFullDetector
 from annotator.pidinet import PidiNetDetector
@@ -69,3 +70,7 @@ class Annotators:
     def openpose_full(self) -> OpenposeFullDetector:
         """1.1's OpenPose (hands and faces drawn as 1.1 draws them); it has its own body/hand nets."""
         return OpenposeFullDetector(device=self.device, ckpt_dir=self.ckpt_dir)
+
+    @cached_property
+    def normalbae(self) -> NormalBaeDetector:
+        return NormalBaeDetector(device=self.device, ckpt_dir=self.ckpt_dir)

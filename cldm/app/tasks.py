@@ -192,6 +192,7 @@ ANNOTATOR_TABS = (
     AnnotatorTab("Lineart", "lineart", lambda ann, img, coarse: [ann.lineart(img, coarse)], options=(
         Option("coarse", "Using coarse model", False),)),
     AnnotatorTab("Lineart Anime", "lineart_anime", lambda ann, img: [ann.lineart_anime(img)]),
+    AnnotatorTab("Normal Bae", "normalbae", lambda ann, img: [ann.normalbae(img)]),
     AnnotatorTab("Openpose (1.1, hand and face)", "openpose_full",
                  lambda ann, img, hand_and_face: [ann.openpose_full(img, hand_and_face)[0]], options=(
                      Option("hand_and_face", "Hand and Face", False),)),
