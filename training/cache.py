@@ -25,34 +25,12 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from cldm.cldm import ControlLDM
-from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from training.model import TrainControlLDM
 
 log = logging.getLogger(__name__)
 
 
-class CachedControlLDM(ControlLDM):
-    """ControlLDM whose ``get_input`` takes ``moments`` (cached VAE posterior) and ``context`` (cached text
-    encoding) from the batch when present; same weights and checkpoint keys as ControlLDM."""
-
-    @torch.no_grad()
-    def get_input(self, batch, k, bs=None):
-        if "moments" not in batch and "context" not in batch:
-            return super().get_input(batch, k, bs=bs)
-        n = len(batch[self.cond_stage_key]) if bs is None else bs
-        if "moments" in batch:
-            posterior = DiagonalGaussianDistribution(batch["moments"][:n].to(self.device).float())
-        else:
-            x = rearrange(batch[k][:n], "b h w c -> b c h w").to(memory_format=torch.contiguous_format).float()
-            x = x.to(self.device)  # as LatentDiffusion.get_input, so the encoder sees the same memory layout
-            posterior = self.encode_first_stage(x)
-        z = self.get_first_stage_encoding(posterior).detach()
-        if "context" in batch:
-            c = batch["context"][:n].to(self.device)
-        else:
-            c = self.get_learned_conditioning(list(batch[self.cond_stage_key])[:n])
-        hint = batch[self.control_key][:n].to(self.device)
-        hint = rearrange(hint, "b h w c -> b c h w").to(memory_format=torch.contiguous_format).float()
-        return z, {"c_crossattn": [c], "c_concat": [hint]}
+CachedControlLDM = TrainControlLDM  # the model class that reads cached encodings
 
 
 def _tensor_digest(module: torch.nn.Module) -> str:

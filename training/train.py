@@ -30,6 +30,7 @@ from training.data.loader import TrainData
 from training.data.sources import FORMATS
 from training.data.sources import build_dataset as build_source_dataset
 from training.logger import ImageLogger
+from training.strategies import make_strategy, uses_own_checkpoint_io
 from training.resume import (AtomicCheckpointIO, ExactResume, LearningRateSchedule, StepCheckpoint,
                              find_resume_checkpoint)
 
@@ -95,7 +96,11 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
                    help="ignore the config's use_checkpoint: faster, much more memory")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning's)")
     p.add_argument("--devices", default=defaults.devices, help="number of devices (Lightning's)")
-    p.add_argument("--strategy", default=defaults.strategy, help="auto, ddp, ddp_spawn, ... (Lightning's)")
+    p.add_argument("--strategy", default=defaults.strategy,
+                   help="auto, ddp, fsdp (FSDP2: sharded weights, gradients and optimizer state; CPU or GPU), "
+                        "deepspeed_stage_2[_offload] (if deepspeed is installed), or another of Lightning's")
+    p.add_argument("--num-nodes", type=int, default=1,
+                   help="machines (Lightning's num_nodes); each runs --devices processes (see docs/training.md)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--seed", type=int, default=0, help="data order, augmentations and each step's noise")
     p.add_argument("--deterministic", action="store_true",
@@ -153,8 +158,8 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
     (the run's checkpoint replaces them)."""
     extra = {"use_ema": True} if args.ema else {}
     config = load_model_config(args.config)
-    if (args.cache_latents or args.cache_text) and config.get("target") == "cldm.cldm.ControlLDM":
-        config["target"] = "training.cache.CachedControlLDM"  # reads the cached encodings; same weights
+    if config.get("target") == "cldm.cldm.ControlLDM":
+        config["target"] = "training.model.TrainControlLDM"  # same weights; cached encodings, FSDP
     model = instantiate_from_config(config, sd_locked=not args.sd_unlocked, only_mid_control=args.only_mid_control,
                                     learning_rate=args.lr, **extra)
     if args.no_grad_checkpointing:
@@ -219,11 +224,14 @@ class RankSummary(pl.Callback):
                  self.batches, trainer.global_step)
 
 
-def _strategy(args: argparse.Namespace) -> str:
+def _strategy(args: argparse.Namespace):
     """With --only-mid-control the 12 skip zero convs get no gradient, which plain DDP treats as an error."""
     if args.only_mid_control and args.strategy == "ddp":
         return "ddp_find_unused_parameters_true"
-    return args.strategy
+    devices = _devices(args.devices)
+    if devices == "auto":
+        devices = max(1, torch.cuda.device_count()) if args.accelerator != "cpu" else 1
+    return make_strategy(args.strategy, world_size=devices * args.num_nodes)
 
 
 def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
@@ -236,12 +244,16 @@ def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
     images = ImageLogger(args.output_dir, batch_frequency=args.log_every,
                          log_images_kwargs={"ddim_steps": args.log_ddim_steps})
     schedule = LearningRateSchedule(args.lr, warmup=args.lr_warmup, schedule=args.lr_schedule, total=args.max_steps)
-    return pl.Trainer(accelerator=args.accelerator, devices=_devices(args.devices), strategy=_strategy(args),
+    io = AtomicCheckpointIO()
+    strategy = _strategy(args)
+    plugins = [] if uses_own_checkpoint_io(strategy) else [io]
+    return pl.Trainer(accelerator=args.accelerator, devices=_devices(args.devices), strategy=strategy,
+                      num_nodes=args.num_nodes,
                       precision=PRECISIONS[args.precision], max_steps=args.max_steps,
                       accumulate_grad_batches=args.accumulate, log_every_n_steps=args.loss_every,
                       callbacks=[resume, schedule, checkpoints, images, RankSummary()],
                       logger=CSVLogger(args.output_dir), default_root_dir=args.output_dir,
-                      plugins=[AtomicCheckpointIO()], deterministic=args.deterministic or None,
+                      plugins=plugins, deterministic=args.deterministic or None,
                       use_distributed_sampler=False)
 
 

@@ -1,0 +1,86 @@
+"""Scale-out on CPU processes with gloo (issue 21): FSDP (2 processes) and DDP over 2 "nodes" x 1 process with a
+loopback rendezvous, a few steps each. Both are 2-way data parallel over the same batches, so they must end with
+the same weights (to reduction rounding)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_CLDM, TINY_LDM, build_tiny, randomize_zero_convs
+
+from cldm.model import save_state_dict
+from training import fill50k
+from training.control_weights import add_control_cli
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scale")
+    fill50k.generate(str(root / "fill50k"), count=8, size=64, seed=0, workers=1)
+    save_state_dict(randomize_zero_convs(build_tiny(TINY_LDM)).state_dict(), str(root / "sd.ckpt"))
+    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
+    return root
+
+
+def _argv(workspace: Path, out: Path, *extra: str) -> list:
+    return [sys.executable, str(ROOT / "tutorial_train.py"), "--config", TINY_CLDM, "--resume",
+            str(workspace / "control_ini.ckpt"), "--data-root", str(workspace / "fill50k"), "--output-dir", str(out),
+            "--accelerator", "cpu", "--log-every", "0", "--max-steps", "2", "--batch-size", "2", "--seed", "4",
+            "--lr", "1e-3", "--sd-unlocked", *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_all(commands, envs, timeout=240) -> list:
+    procs = [subprocess.Popen(c, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for c, e in zip(commands, envs)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def _weights(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+@pytest.mark.slow
+def test_fsdp_and_two_nodes_train_alike(workspace, tmp_path):
+    base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for key in ("NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        base.pop(key, None)
+    fsdp_out, nodes_out = tmp_path / "fsdp", tmp_path / "nodes"
+    port = str(_free_port())
+    fsdp_log, *node_logs = _run_all(  # all at once: most of each run is process start-up
+        [_argv(workspace, fsdp_out, "--devices", "2", "--strategy", "fsdp")]
+        + [_argv(workspace, nodes_out, "--num-nodes", "2", "--devices", "1", "--strategy", "ddp")] * 2,
+        [dict(base, MASTER_PORT=str(_free_port()))]
+        + [dict(base, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(rank)) for rank in (0, 1)])
+    for rank in (0, 1):
+        assert f"rank {rank}/2: trained 2 batches, global step 2" in fsdp_log
+        assert f"rank {rank}/2: trained 2 batches, global step 2" in node_logs[rank]
+
+    fsdp, nodes = _weights(fsdp_out), _weights(nodes_out)
+    start = torch.load(workspace / "control_ini.ckpt")
+    start = start.get("state_dict", start)
+    assert set(fsdp) == set(nodes)
+    moved = [k for k in nodes if k.startswith("control_model.") and not torch.equal(nodes[k], start[k])]
+    assert moved  # training happened
+    worst = max((fsdp[k] - nodes[k]).abs().max().item() for k in nodes if nodes[k].is_floating_point())
+    assert worst < 1e-5, worst
