@@ -139,18 +139,22 @@ def main():
     times = time_steps(build(args.config, args.size, "both", "both", dtype)[0], args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, {args.size}px, {args.dtype}, "
           f"CFG batch 2, median of {args.repeats}, CPU: {cpu_model()}")
-    memory = {} if args.no_memory else {name: peak_memory(args, name) for name in times}
     medians = {}
     for name, t in times.items():
         medians[name] = {kind: statistics.median(v) for kind, v in t.items()}
-        mem = (f", resident {memory[name]['weights_gib']:.2f} GiB after build, peak {memory[name]['peak_gib']:.2f} GiB"
-               if memory else "")
         print(f"{name:13s} wall {medians[name]['wall']:.3f} s/step, CPU {medians[name]['cpu']:.3f} s/step "
-              f"(wall runs: {', '.join(f'{x:.2f}' for x in t['wall'])}){mem}")
+              f"(wall runs: {', '.join(f'{x:.2f}' for x in t['wall'])})", flush=True)
     for variant in OURS:
         for kind in ("wall", "cpu"):
             print(f"ours {variant} / diffusers ({kind}) = "
-                  f"{medians['ours ' + variant][kind] / medians['diffusers'][kind]:.3f}")
+                  f"{medians['ours ' + variant][kind] / medians['diffusers'][kind]:.3f}", flush=True)
+    if not args.no_memory:  # after the timing process has freed its models
+        del times
+        gc.collect()
+        for name in medians:
+            memory = peak_memory(args, name)
+            print(f"{name:13s} resident {memory['weights_gib']:.2f} GiB after build, peak {memory['peak_gib']:.2f} GiB",
+                  flush=True)
 
 
 def cpu_model() -> str:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from cldm.app.weights import ModelChoice
-from cldm.cldm import ControlInput, ControlNet, control_mode
+from cldm.cldm import ControlNet, control_mode
+from cldm.generate import Control, generate
 from cldm.loading import load_control_weights
 from cldm.model import create_control_net, create_model
-from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.accel import accelerate_for_inference, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -144,42 +144,25 @@ class Engine:
         for net in self.extra_nets:
             net.to(self.device if diffusing else "cpu")
 
-    def _hint(self, control_map: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 map -> (1, 3, H, W) float in [0, 1] on the device."""
-        hint = torch.from_numpy(np.ascontiguousarray(control_map)).permute(2, 0, 1)[None]
-        return hint.float().div(255.0).to(self.device)
-
     @torch.no_grad()
     def generate(self, units: Sequence[ControlUnit], sampling: Sampling,
                  on_step: Optional[Callable[[int, int], None]] = None) -> Tuple[List[np.ndarray], int]:
         """Sample `sampling.num_samples` images under every unit's map -> (list of (H, W, 3) uint8, seed used).
 
         All maps must share one size, a multiple of 64. `on_step(i, total)` is called after each DDIM step.
-        """
+        The sampling itself is `cldm.generate.generate`, the Python API's function."""
         self.ensure_model()
         h, w = units[0].control_map.shape[:2]
         if any(u.control_map.shape != (h, w, 3) for u in units) or h % 64 or w % 64:
             raise ValueError(f"control maps must be (H, W, 3) with H, W multiples of 64, got "
                              f"{[u.control_map.shape for u in units]}")
-        n = sampling.num_samples
         seed = random.randint(*RANDOM_SEED_RANGE) if sampling.seed == -1 else sampling.seed
-        generator = torch.Generator(self.device).manual_seed(seed)
-        model = self.model
-
         self._shift(diffusing=False)
-        cond = {"c_crossattn": [model.get_learned_conditioning([sampling.full_prompt()] * n)]}
-        uncond = {"c_crossattn": [model.get_learned_conditioning([sampling.negative_prompt] * n)]}
-        controls = [ControlInput.for_mode(self._hint(u.control_map), u.strength,
-                                          "control" if sampling.guess_mode else u.mode, model=u.net, start=u.start,
-                                          end=u.end) for u in units]
-        self._shift(diffusing=True)
-        samples, _ = DDIMSampler(model).sample(
-            sampling.ddim_steps, n, (4, h // LATENT_FACTOR, w // LATENT_FACTOR), cond, verbose=False,
-            eta=sampling.eta, unconditional_guidance_scale=sampling.scale, unconditional_conditioning=uncond,
-            generator=generator, controls=controls,
-            callback=None if on_step is None else lambda info: on_step(info["i"] + 1, info["total"]))
-        self._shift(diffusing=False)
-        vae_dtype = next(model.first_stage_model.parameters()).dtype
-        x = model.decode_first_stage(samples.to(vae_dtype)).float()  # (n, 3, H, W) in [-1, 1]
-        images = (x.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return list(images), seed
+        images = generate([Control(u.control_map, u.strength, u.start, u.end, u.mode, u.net) for u in units],
+                          sampling.full_prompt(), self.model, negative_prompt=sampling.negative_prompt,
+                          steps=sampling.ddim_steps, sampler="ddim", seed=seed, width=w, height=h,
+                          guidance_scale=sampling.scale, num_images=sampling.num_samples,
+                          guess_mode=sampling.guess_mode, eta=sampling.eta, progress_bar=False,
+                          on_phase=self._shift,
+                          callback=None if on_step is None else lambda info: on_step(info["i"] + 1, info["total"]))
+        return [np.asarray(image) for image in images], seed
