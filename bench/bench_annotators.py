@@ -1,6 +1,6 @@
 """Seconds per image for each annotator on this machine, beside upstream's figures.
 
-Random weights with the real files' layouts (from `../shared/manifests/annotators`) are written to a
+Random weights with the real files' layouts (`annotator/manifests`, `../shared/manifests/annotators`) are written to a
 temporary folder and loaded through each detector's own loader; every annotator then runs on a 512x512
 crop of a test image (MiDaS on 384x384, the annotator app's resolution). Reported: the medians of --runs
 timed calls after one warm-up call (which also loads the weights), as wall-clock seconds and as this
@@ -65,6 +65,58 @@ def _uniformer(**kwargs):
     return UniformerDetector(**kwargs)
 
 
+def _pidinet(safe=False, **kwargs):
+    from annotator.pidinet import PidiNetDetector
+    detector = PidiNetDetector(**kwargs)
+    return lambda img: detector(img, safe=safe)
+
+
+def _scribble_pidinet(**kwargs):
+    from annotator.scribble import fake_scribble
+    detector = _pidinet(**kwargs)
+    return lambda img: fake_scribble(detector(img))
+
+
+def _lineart(coarse=False, **kwargs):
+    from annotator.lineart import LineartDetector
+    detector = LineartDetector(**kwargs)
+    return lambda img: detector(img, coarse=coarse)
+
+
+def _lineart_anime(**kwargs):
+    from annotator.lineart_anime import LineartAnimeDetector
+    return LineartAnimeDetector(**kwargs)
+
+
+def _openpose_full(**kwargs):
+    """1.1 OpenPose with hands and faces; random weights find arbitrary people, so the hand/face work
+    varies: read this row as an order of magnitude."""
+    from annotator.openpose.full import OpenposeFullDetector
+    detector = OpenposeFullDetector(**kwargs)
+    return lambda img: detector(img, hand_and_face=True)
+
+
+def _openpose_v11_body(**kwargs):
+    from annotator.openpose.full import OpenposeFullDetector
+    detector = OpenposeFullDetector(**kwargs)
+    return lambda img: detector(img, hand_and_face=False)
+
+
+def _normalbae(**kwargs):
+    from annotator.normalbae import NormalBaeDetector
+    return NormalBaeDetector(**kwargs)
+
+
+def _shuffle(**_):
+    from annotator.shuffle import ContentShuffleDetector
+    return lambda img: ContentShuffleDetector()(img, seed=0)
+
+
+def _tile_resample(**_):
+    from annotator.tile import tile_resample
+    return lambda img: tile_resample(img, 2.0)
+
+
 # name: (weight files, input side, upstream seconds per image as measured on this machine, builder)
 ANNOTATORS = {
     "canny": ((), 512, "0.003", _canny),
@@ -74,6 +126,16 @@ ANNOTATORS = {
     "midas": (("dpt_hybrid-midas-501f0c75.pt",), 384, "2.0-2.5", _midas),
     "openpose": (("body_pose_model.pth",), 512, "0.9-1.1", _openpose),
     "uniformer": (("upernet_global_small.pth",), 512, "4.4-4.9", _uniformer),
+    # ControlNet 1.1 (no upstream figures measured here: "-")
+    "pidinet": (("table5_pidinet.pth",), 512, "-", _pidinet),
+    "scribble_pidinet": (("table5_pidinet.pth",), 512, "-", _scribble_pidinet),
+    "lineart": (("sk_model.pth",), 512, "-", _lineart),
+    "lineart_anime": (("netG.pth",), 512, "-", _lineart_anime),
+    "openpose_v11": (("body_pose_model.pth",), 512, "-", _openpose_v11_body),
+    "openpose_full": (("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"), 512, "-", _openpose_full),
+    "normalbae": (("scannet.pt",), 512, "-", _normalbae),
+    "shuffle": ((), 512, "-", _shuffle),
+    "tile_resample": ((), 512, "-", _tile_resample),
 }
 MODULE_OF = {"midas": "annotator.midas", "uniformer": "annotator.uniformer"}  # written separately; may be absent
 
@@ -111,25 +173,21 @@ def main():
     cv2.setNumThreads(args.threads)
     names = args.only.split(",") if args.only else list(ANNOTATORS)
 
-    rows = []
+    print(f"annotators, random weights, {args.device} {args.dtype}, {args.threads} thread(s), median of {args.runs}")
+    print(f"{'annotator':<16} {'input':>9} {'ours wall (s)':>24} {'ours CPU (s)':>13} {'upstream (s)':>13}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-annotators-") as ckpts:
-        for name in names:
+        for name in names:  # each row is printed as soon as it is measured
             files, side, upstream, build = ANNOTATORS[name]
             if name in MODULE_OF and importlib.util.find_spec(MODULE_OF[name]) is None:
-                rows.append((name, side, "skipped (module missing)", "", upstream))
-                continue
-            for file in files:
-                make_random_weights(file, ckpts)
-            detector = build(device=args.device, dtype=getattr(torch, args.dtype), ckpt_dir=ckpts)
-            wall, cpu = time_calls(detector, square_test_image(side), args.runs)
-            rows.append((name, side, f"{wall:.3f}", f"{cpu:.3f}", upstream))
-            for file in files:  # keep the temporary folder small
-                (Path(ckpts) / file).unlink()
-
-    print(f"\nannotators, random weights, {args.device} {args.dtype}, {args.threads} thread(s), median of {args.runs}")
-    print(f"{'annotator':<12} {'input':>9} {'ours wall (s)':>24} {'ours CPU (s)':>13} {'upstream (s)':>13}")
-    for name, side, wall, cpu, upstream in rows:
-        print(f"{name:<12} {f'{side}x{side}':>9} {wall:>24} {cpu:>13} {upstream:>13}")
+                wall, cpu = "skipped (module missing)", ""
+            else:
+                for file in files:
+                    make_random_weights(file, ckpts)
+                detector = build(device=args.device, dtype=getattr(torch, args.dtype), ckpt_dir=ckpts)
+                wall, cpu = (f"{t:.3f}" for t in time_calls(detector, square_test_image(side), args.runs))
+                for file in files:  # keep the temporary folder small
+                    (Path(ckpts) / file).unlink()
+            print(f"{name:<16} {f'{side}x{side}':>9} {wall:>24} {cpu:>13} {upstream:>13}", flush=True)
 
 
 if __name__ == "__main__":
