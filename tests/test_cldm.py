@@ -198,3 +198,55 @@ def test_bad_control_settings_are_refused():
         ControlInput(torch.zeros(1, 3, 8, 8), scales=[1.0] * 12)
     with pytest.raises(ValueError, match="start <= end"):
         ControlInput(torch.zeros(1, 3, 8, 8), start=0.8, end=0.2)
+
+
+def _guided_by_hand(model, x, t, hint, ctx, uc, scale, cond_scales, uncond_scales, pool=False):
+    """Classifier-free guidance computed layer by layer: residuals scaled per side (None: no control)."""
+    unet, net = model.model.diffusion_model, model.control_model
+
+    def residuals(context, scales):
+        if scales is None:
+            return None
+        outs = [r * s for r, s in zip(net(x, hint, t, context), scales)]
+        return [r.mean(dim=(2, 3), keepdim=True) for r in outs] if pool else outs
+
+    e_c = model.eps_from_output(x, t, unet(x, t, ctx, control=residuals(ctx, cond_scales)))
+    e_u = model.eps_from_output(x, t, unet(x, t, uc, control=residuals(uc, uncond_scales)))
+    return e_u + scale * (e_c - e_u)
+
+
+@pytest.mark.parametrize("mode, uncond_side", [("balanced", True), ("prompt", True), ("control", False),
+                                               ("ControlNet is more important", False)])
+def test_control_modes_scale_each_side_as_the_webui_does(mode, uncond_side):
+    """Balanced: 1.0 behaviour. My prompt is more important: 0.825 ** (12 - i) on both sides. ControlNet is more
+    important: the same scales on the conditional side only (upstream's guess mode)."""
+    model = randomize_zero_convs(build_tiny()).double()
+    x, t, hint, ctx = inputs(model)
+    uc = model.get_unconditional_conditioning(B).double()
+    x, hint, ctx = x.double(), hint.double(), ctx.double()
+    scales = control_scales(0.9, mode=mode)
+    assert scales == ([0.9] * 13 if mode == "balanced" else [0.9 * 0.825 ** (12 - i) for i in range(13)])
+    control = ControlInput.for_mode(hint, 0.9, mode)
+    with torch.no_grad():
+        got = model.guided_eps_fn(cond(hint, ctx), cond(hint, uc), 7.5, controls=[control])(x, t, 0.0)
+        expected = _guided_by_hand(model, x, t, hint, ctx, uc, 7.5, scales, scales if uncond_side else None)
+        other = _guided_by_hand(model, x, t, hint, ctx, uc, 7.5, scales, None if uncond_side else scales)
+    assert torch.allclose(got, expected, atol=1e-10) and not torch.allclose(got, other, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown control mode 'guess'"):
+        control_scales(1.0, mode="guess")
+
+
+def test_global_average_pooling_averages_residuals_on_the_conditional_side_only():
+    """ControlNet 1.1 shuffle (global_average_pooling: True in its yaml)."""
+    model = randomize_zero_convs(build_tiny(global_average_pooling=True)).double()
+    assert model.global_average_pooling and model.control_model.global_average_pooling
+    x, t, hint, ctx = inputs(model)
+    uc = model.get_unconditional_conditioning(B).double()
+    x, hint, ctx = x.double(), hint.double(), ctx.double()
+    with torch.no_grad():
+        for batched in (True, False):
+            got = model.guided_eps_fn(cond(hint, ctx), cond(hint, uc), 7.5, batched_cfg=batched)(x, t, 0.0)
+            expected = _guided_by_hand(model, x, t, hint, ctx, uc, 7.5, [1.0] * 13, None, pool=True)
+            assert torch.allclose(got, expected, atol=1e-10)
+        unpooled = _guided_by_hand(model, x, t, hint, ctx, uc, 7.5, [1.0] * 13, None)
+    assert not torch.allclose(got, unpooled, atol=1e-6)
