@@ -1,6 +1,6 @@
 """Scale-out on CPU processes with gloo (issue 21): FSDP (2 processes) and DDP over 2 "nodes" x 1 process with a
 loopback rendezvous, a few steps each. Both are 2-way data parallel over the same batches, so they must end with
-the same weights (to reduction rounding)."""
+the same weights (to reduction rounding). Also the 8gb memory preset (every saver at once) for two steps."""
 import os
 import signal
 import socket
@@ -65,13 +65,17 @@ def test_fsdp_and_two_nodes_train_alike(workspace, tmp_path):
     base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     for key in ("NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         base.pop(key, None)
-    fsdp_out, nodes_out = tmp_path / "fsdp", tmp_path / "nodes"
+    fsdp_out, nodes_out, preset_out = tmp_path / "fsdp", tmp_path / "nodes", tmp_path / "preset"
     port = str(_free_port())
-    fsdp_log, *node_logs = _run_all(  # all at once: most of each run is process start-up
-        [_argv(workspace, fsdp_out, "--devices", "2", "--strategy", "fsdp")]
+    fsdp_log, preset_log, *node_logs = _run_all(  # all at once: most of each run is process start-up
+        [_argv(workspace, fsdp_out, "--devices", "2", "--strategy", "fsdp"),
+         _argv(workspace, preset_out, "--memory-preset", "8gb", "--cache-dir", str(tmp_path / "enc"))]
         + [_argv(workspace, nodes_out, "--num-nodes", "2", "--devices", "1", "--strategy", "ddp")] * 2,
-        [dict(base, MASTER_PORT=str(_free_port()))]
+        [dict(base, MASTER_PORT=str(_free_port())), dict(base, MASTER_PORT=str(_free_port()))]
         + [dict(base, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(rank)) for rank in (0, 1)])
+    # 8gb: batch 1 x 2 accumulated, bf16, cached encodings, FSDP2 with CPU offload
+    assert "rank 0/1: trained 4 batches, global step 2" in preset_log
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "enc").iterdir()) == ["latents", "text"]
     for rank in (0, 1):
         assert f"rank {rank}/2: trained 2 batches, global step 2" in fsdp_log
         assert f"rank {rank}/2: trained 2 batches, global step 2" in node_logs[rank]
@@ -84,3 +88,14 @@ def test_fsdp_and_two_nodes_train_alike(workspace, tmp_path):
     assert moved  # training happened
     worst = max((fsdp[k] - nodes[k]).abs().max().item() for k in nodes if nodes[k].is_floating_point())
     assert worst < 1e-5, worst
+
+
+def test_memory_presets_set_their_flags():
+    from training.presets import apply_preset
+    from training.train import build_parser
+    args = apply_preset(build_parser().parse_args(["--batch-size", "4", "--memory-preset", "12gb",
+                                                   "--no-grad-checkpointing"]))
+    assert (args.batch_size, args.accumulate, args.precision) == (1, 4, "bf16")
+    assert args.cache_latents and args.cache_text and not args.no_grad_checkpointing and args.strategy == "auto"
+    args = apply_preset(build_parser().parse_args(["--memory-preset", "none", "--precision", "32"]))
+    assert args.precision == "32" and not args.cache_latents

@@ -41,11 +41,14 @@ class TrainControlLDM(ControlLDM):
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or getattr(self, "_sharded", False):
             return
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
         mesh = mesh["data_parallel"] if mesh.ndim > 1 else mesh
+        # fsdp_cpu_offload: parameters, gradients and AdamW state live on the CPU between uses.
+        offload = getattr(self, "fsdp_cpu_offload", False)
+        policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
         for net in (self.model.diffusion_model, self.control_model):
             for module in list(net.modules()):
                 if type(module).__name__ in SHARD_CLASS_NAMES:
-                    fully_shard(module, mesh=mesh)
-            fully_shard(net, mesh=mesh)
+                    fully_shard(module, mesh=mesh, offload_policy=policy)
+            fully_shard(net, mesh=mesh, offload_policy=policy)
         self._sharded = True

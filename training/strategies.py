@@ -14,7 +14,7 @@ from pytorch_lightning.strategies import ModelParallelStrategy, Strategy
 
 def make_strategy(name: str, world_size: int = 1) -> Union[str, Strategy]:
     """``world_size``: processes in all (devices x nodes); FSDP shards over all of them."""
-    if name == "fsdp":
+    if name in ("fsdp", "fsdp_cpu_offload"):  # the offload is set on the model (TrainControlLDM.configure_model)
         return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1,
                                      save_distributed_checkpoint=False)
     if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:

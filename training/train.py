@@ -31,6 +31,7 @@ from training.data.sources import FORMATS
 from training.data.sources import build_dataset as build_source_dataset
 from training.logger import ImageLogger
 from training.strategies import make_strategy, uses_own_checkpoint_io
+from training.presets import PRESETS, apply_preset
 from training.resume import (AtomicCheckpointIO, ExactResume, LearningRateSchedule, StepCheckpoint,
                              find_resume_checkpoint)
 
@@ -92,6 +93,8 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--only-mid-control", action="store_true", help="add the control to the middle block only")
     p.add_argument("--prompt-dropout", type=float, default=0.0,
                    help="probability of an empty prompt (the paper uses 0.5)")
+    p.add_argument("--memory-preset", choices=PRESETS, default="none",
+                   help="bundle of memory savers for a GPU of that size (see docs/training.md); sets the flags it names")
     p.add_argument("--no-grad-checkpointing", action="store_true",
                    help="ignore the config's use_checkpoint: faster, much more memory")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning's)")
@@ -164,6 +167,7 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
                                     learning_rate=args.lr, **extra)
     if args.no_grad_checkpointing:
         set_grad_checkpointing(model, False)
+    model.fsdp_cpu_offload = args.strategy == "fsdp_cpu_offload"
     if not args.resume_training:
         try:
             load_checkpoint(model, args.resume)
@@ -258,6 +262,7 @@ def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
 
 
 def train(args: argparse.Namespace) -> pl.Trainer:
+    args = apply_preset(args)
     check_args(args)
     # The VAE and text encoder stay in eval mode on purpose (LatentDiffusion.train): not worth a warning.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
