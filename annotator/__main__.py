@@ -133,10 +133,14 @@ def _lineart_anime(args):
     return LineartAnimeDetector(**_net_kwargs(args))
 
 
-def _openpose_full(args):
+def _openpose_full(args, hand_and_face=True):
     from annotator.openpose.full import OpenposeFullDetector
     detector = OpenposeFullDetector(**_net_kwargs(args))
-    return lambda img: detector(img, hand_and_face=True)[0]
+    return lambda img: detector(img, hand_and_face=hand_and_face)[0]
+
+
+def _openpose_v11(args):
+    return _openpose_full(args, hand_and_face=False)
 
 
 def _shuffle(args):
@@ -184,6 +188,7 @@ ANNOTATORS = {  # name -> (builder, default resolution)
     "lineart": (_lineart, 512),
     "lineart_coarse": (_lineart_coarse, 512),
     "lineart_anime": (_lineart_anime, 512),
+    "openpose_v11": (_openpose_v11, 512),
     "openpose_full": (_openpose_full, 512),
     "normalbae": (_normalbae, 512),
     "shuffle": (_shuffle, 512),

@@ -131,7 +131,8 @@ def test_a_missing_weight_file_stops_only_its_annotator(inputs, tmp_path, caplog
 def test_all_names_every_annotator_and_unknown_names_are_refused(capsys):
     from annotator.__main__ import annotator_names
     assert annotator_names("all") == list(ANNOTATORS)
-    assert {"lineart", "lineart_anime", "pidinet", "scribble_pidinet", "openpose_full", "shuffle"} <= set(ANNOTATORS)
+    assert {"lineart", "lineart_anime", "pidinet", "scribble_pidinet", "openpose_v11", "openpose_full", "normalbae",
+            "shuffle", "tile_resample", "ip2p"} <= set(ANNOTATORS)
     with pytest.raises(SystemExit):
         main(["canny,nope", "x", "y"])
     assert "unknown annotator nope" in capsys.readouterr().err
