@@ -18,7 +18,7 @@ from training import fill50k
 from training.control_weights import add_control_cli
 from training.resume import (AtomicCheckpointIO, ResumableBatchSampler, derive_seed, find_resume_checkpoint,
                              is_complete_checkpoint)
-from training.train import main
+from training.train import build_parser, check_args, main
 
 STEPS = 6  # 8 images in batches of 2: 4 batches per epoch, so the run crosses an epoch boundary
 
@@ -72,7 +72,7 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(workspace, tmp_path
     killed_at = _newest_step(out / "checkpoints")
     assert killed_at < STEPS, f"killed after step {kill_after}, but the run had finished"
 
-    trainer = main(_argv(workspace, out, "--resume-training"))
+    trainer = main(_argv(workspace, out, "--resume-if-possible"))  # as a requeued job would
     assert trainer.global_step == STEPS
     whole, resumed = _final(tmp_path / "whole"), _final(out)
     assert resumed["global_step"] == STEPS
@@ -147,3 +147,9 @@ def test_sampler_epochs_buckets_ranks_and_resume():
     with pytest.raises(ValueError, match="no full batch of 8"):
         ResumableBatchSampler(12, 8, groups=groups)
     assert derive_seed(1, 2) != derive_seed(2, 1) and derive_seed(5) == derive_seed(5)
+
+
+def test_resume_if_possible_starts_fresh_without_checkpoint(workspace, tmp_path):
+    args = build_parser().parse_args(_argv(workspace, tmp_path / "new", "--resume-if-possible"))
+    check_args(args)
+    assert args.resume_training is False

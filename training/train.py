@@ -79,6 +79,8 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--output-dir", default=defaults.output_dir, help="checkpoints, image and loss logs")
     p.add_argument("--resume-training", action="store_true",
                    help="continue the interrupted run in --output-dir from checkpoints/last.ckpt")
+    p.add_argument("--resume-if-possible", action="store_true",
+                   help="--resume-training if --output-dir holds a checkpoint, else start (for requeued jobs)")
     p.add_argument("--batch-size", type=int, default=4, help="per device")
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (batches per optimizer step)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
@@ -134,6 +136,8 @@ def _holds_run(output_dir: str) -> bool:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse settings that would fail late or silently differ from what was asked."""
+    if getattr(args, "resume_if_possible", False):
+        args.resume_training = find_resume_checkpoint(os.path.join(args.output_dir, "checkpoints")) is not None
     if args.precision == "16" and (args.accelerator == "cpu" or not torch.cuda.is_available()):
         raise SystemExit("error: --precision 16 needs a GPU (Lightning turns it into bf16 on CPU); "
                          "use --precision bf16")
