@@ -76,7 +76,13 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(workspace, tmp_path
     assert trainer.global_step == STEPS
     whole, resumed = _final(tmp_path / "whole"), _final(out)
     assert resumed["global_step"] == STEPS
-    assert any(k.startswith("model_ema.") for k in whole["state_dict"])
+    # The EMA: complete in the final file (one update per step), started from the loaded weights (a frozen UNet
+    # encoder weight keeps its loaded value; LitEma alone would have copied the random initialisation).
+    assert int(whole["state_dict"]["model_ema.num_updates"]) == STEPS
+    start = torch.load(workspace / "control_ini.ckpt")
+    start = start.get("state_dict", start)
+    assert torch.equal(whole["state_dict"]["model_ema.diffusion_modelinput_blocks00weight"],
+                       start["model.diffusion_model.input_blocks.0.0.weight"])
     differ = [k for k, v in whole["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not differ, f"killed after step {killed_at} (asked {kill_after}): {len(differ)} tensors differ: {differ[:4]}"
     a, b = whole["optimizer_states"][0], resumed["optimizer_states"][0]

@@ -273,7 +273,9 @@ class StepCheckpoint(ModelCheckpoint):
     tests/test_training.py and tests/test_resume.py check the result."""
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # False when this step is saved already
+        # A step saved in on_train_batch_end lacks that step's EMA update: save it again, complete.
+        ema_behind = getattr(pl_module, "use_ema", False) and self._last_global_step_saved == trainer.global_step
+        if ema_behind or not self._should_skip_saving_checkpoint(trainer):  # False when this step is saved already
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)

@@ -177,7 +177,20 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
             load_checkpoint(model, args.resume)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}") from e
+        if getattr(model, "use_ema", False):
+            restart_ema(model)
     return model
+
+
+@torch.no_grad()
+def restart_ema(model: torch.nn.Module) -> None:
+    """A new run's EMA starts at the loaded weights (LitEma copied the random initialisation)."""
+    ema = model.model_ema
+    buffers = dict(ema.named_buffers())
+    for name, p in model.model.named_parameters():
+        if name in ema.shadow_names:
+            buffers[ema.shadow_names[name]].copy_(p)
+    ema.num_updates.zero_()
 
 
 def build_dataset(args: argparse.Namespace):
