@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from cldm.model import CheckpointError, load_checkpoint, load_model_config, load_state_dict
 from ldm.util import instantiate_from_config
@@ -30,6 +30,7 @@ from training.data.loader import TrainData
 from training.data.sources import FORMATS
 from training.data.sources import build_dataset as build_source_dataset
 from training.logger import ImageLogger
+from training.validation import Fill50KValidation
 from training.strategies import make_strategy, uses_own_checkpoint_io
 from training.presets import PRESETS, apply_preset
 from training.resume import (AtomicCheckpointIO, ExactResume, LearningRateSchedule, StepCheckpoint,
@@ -114,6 +115,12 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--log-every", type=int, default=300, help="image log every N batches (0: never)")
     p.add_argument("--log-ddim-steps", type=int, default=50, help="DDIM steps of the logged samples")
     p.add_argument("--loss-every", type=int, default=50, help="write the loss to the CSV log every N steps")
+    p.add_argument("--logger", choices=("csv", "tensorboard", "both"), default="csv",
+                   help="metrics as lightning_logs/version_N/metrics.csv and/or TensorBoard event files "
+                        "(tensorboard needs the tensorboardX or tensorboard package)")
+    p.add_argument("--val-every", type=int, default=0,
+                   help="every N steps, Fill50K IoU and colour accuracy on held-out outlines (Fill50K data only)")
+    p.add_argument("--val-samples", type=int, default=16, help="held-out outlines per validation")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N optimizer steps")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every step=N.ckpt (default: only the newest), e.g. to evaluate along training")
@@ -264,6 +271,15 @@ def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
                                  save_on_exception=True, enable_version_counter=False)
     images = ImageLogger(args.output_dir, batch_frequency=args.log_every,
                          log_images_kwargs={"ddim_steps": args.log_ddim_steps})
+    loggers = []
+    if args.logger in ("csv", "both"):
+        loggers.append(CSVLogger(args.output_dir))
+    if args.logger in ("tensorboard", "both"):
+        loggers.append(TensorBoardLogger(args.output_dir, name="tensorboard"))
+    callbacks = [resume]
+    if args.val_every:
+        callbacks.append(Fill50KValidation(args.val_every, samples=args.val_samples,
+                                           ddim_steps=args.log_ddim_steps))
     schedule = LearningRateSchedule(args.lr, warmup=args.lr_warmup, schedule=args.lr_schedule, total=args.max_steps)
     io = AtomicCheckpointIO()
     strategy = _strategy(args)
@@ -272,8 +288,8 @@ def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
                       num_nodes=args.num_nodes,
                       precision=PRECISIONS[args.precision], max_steps=args.max_steps,
                       accumulate_grad_batches=args.accumulate, log_every_n_steps=args.loss_every,
-                      callbacks=[resume, schedule, checkpoints, images, RankSummary()],
-                      logger=CSVLogger(args.output_dir), default_root_dir=args.output_dir,
+                      callbacks=[*callbacks, schedule, checkpoints, images, RankSummary()],
+                      logger=loggers, default_root_dir=args.output_dir,
                       plugins=plugins, deterministic=args.deterministic or None,
                       use_distributed_sampler=False)
 
