@@ -167,6 +167,15 @@ def _to_tensor(image: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0).to(device)
 
 
+def _hint(image, width: int, height: int, mode: str, device) -> torch.Tensor:
+    """A condition image fitted to the output -> (1, 3, H, W): a uint8 image scaled to [0, 1]; a float32
+    (H, W, 3) array is the hint's values themselves (1.1 inpaint marks its masked pixels -1, as upstream)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 3 and image.shape[2] == 3:
+        fitted = fit_image(image, width, height, mode, interpolation=cv2.INTER_NEAREST, fill=0.0)
+        return torch.from_numpy(np.ascontiguousarray(fitted)).permute(2, 0, 1)[None].to(device)
+    return _to_tensor(fit_image(load_rgb(image), width, height, mode), device)
+
+
 # ------------------------------------------------------------------------------------------ generation
 def _controls(control_image, strength, start, end, mode, guess_mode) -> List[Control]:
     if control_image is None:
@@ -230,7 +239,7 @@ def generate(control_image, prompt: str, model, *, negative_prompt: str = "", st
     uncond = {"c_crossattn": [model.get_learned_conditioning([negative_prompt] * n)]}
     controls = []
     for unit in units:
-        hint = _to_tensor(fit_image(load_rgb(unit.image), width, height, resize_mode), device).expand(n, -1, -1, -1)
+        hint = _hint(unit.image, width, height, resize_mode, device).expand(n, -1, -1, -1)
         controls.append(ControlInput.for_mode(hint, unit.strength, "control" if guess_mode else unit.mode,
                                               model=unit.net, start=unit.start, end=unit.end))
     eps_fn = model.guided_eps_fn(cond, uncond, guidance_scale, controls=controls)

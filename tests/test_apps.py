@@ -7,14 +7,16 @@ import cv2
 import numpy as np
 import pytest
 from annotator_weights import random_ckpt_dir
-from apps_support import FAST, client_for, serving, task_kwargs, tiny_engine
+from apps_support import DETECT_RESOLUTION, FAST, client_for, serving, task_kwargs, tiny_engine
 from PIL import Image
 
 from annotator.util import resize_image
 from cldm.app.annotators import Annotators
 from cldm.app.engine import Engine
 from cldm.app.tasks import ANNOTATOR_TABS, TASKS
+from cldm.app.tasks_v11 import V11_APPS
 from cldm.app.ui import build_annotator_demo, build_demo, build_multi_demo
+from cldm.app.ui_v11 import build_v11_demo
 from cldm.app.weights import resolve_model
 
 pytest.importorskip("gradio_client")
@@ -23,7 +25,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 WEIGHT_FILES = ("ControlNetHED.pth", "mlsd_large_512_fp32.pth", "body_pose_model.pth",
                 "dpt_hybrid-midas-501f0c75.pt", "upernet_global_small.pth",
-                "table5_pidinet.pth", "sk_model.pth", "netG.pth", "scannet.pt")  # ControlNet 1.1 annotator tabs
+                "table5_pidinet.pth", "sk_model.pth", "netG.pth", "scannet.pt",  # ControlNet 1.1 annotator tabs
+                "hand_pose_model.pth", "facenet.pth")  # the 1.1 openpose app's default: Openpose_Full
 INPUT_HW = (64, 64)  # square and small: UniFormer upscales to 512 px whatever the input (other tests vary the shape)
 
 
@@ -60,6 +63,68 @@ def test_diffusion_app_answers_with_map_and_samples(name, annotators, photo, tmp
         gallery = client_for(url, tmp_path).predict(**task_kwargs(task, handle_file(photo)), api_name="/run")
     assert_pngs(gallery, 1 + FAST["num_samples"], expected_hw(INPUT_HW, FAST["image_resolution"]))
     assert gallery[1]["caption"] == f"seed {FAST['seed']}"
+
+
+# Random-weight OpenPose finds hundreds of body parts and then runs its hand and face nets on each (minutes);
+# UniFormer always works at 512 px. Their detectors have their own tests (and the 1.0 apps' tests run them).
+CHEAP_CHOICE = {"openpose": "None", "seg": "None"}
+
+
+def v11_kwargs(app, input_image, **overrides) -> dict:
+    """A 1.1 app's /run arguments: FAST settings, one image, the app's defaults, its smallest detect resolution."""
+    values = {"input_image": input_image, **FAST, "num_samples": 1, "width": 0, "height": 0,
+              "resize_mode": "just_resize", **app.default_options()}
+    if app.kind == "inpaint":
+        values["mask_image"] = None
+    else:
+        values["preprocessor"] = CHEAP_CHOICE.get(app.name, app.default_choice)
+    if app.detect_resolution:
+        values["detect_resolution"] = DETECT_RESOLUTION
+    return {**values, **overrides}
+
+
+def editor_value(tmp_path, image_path, stroke=(slice(20, 40), slice(8, 30))):
+    """An ImageEditor value as a client sends it: the image, one transparent layer with an opaque stroke."""
+    h, w = cv2.imread(str(image_path)).shape[:2]
+    layer = np.zeros((h, w, 4), np.uint8)
+    layer[stroke] = 255
+    cv2.imwrite(str(tmp_path / "layer.png"), layer)
+    return {"background": handle_file(image_path), "layers": [handle_file(tmp_path / "layer.png")],
+            "composite": handle_file(image_path)}
+
+
+@pytest.mark.parametrize("name", list(V11_APPS))
+def test_v11_app_answers_with_map_and_samples(name, annotators, photo, tmp_path):
+    """Every 1.1 app on the tiny model, its default preprocessor (but CHEAP_CHOICE), a non-square output (128 x 64)."""
+    app = V11_APPS[name]
+    image = editor_value(tmp_path, photo) if app.kind == "inpaint" else handle_file(photo)
+    with serving(build_v11_demo(app, tiny_engine(), annotators)) as url:
+        gallery = client_for(url, tmp_path / "out").predict(**v11_kwargs(app, image, width=128, height=64),
+                                                            api_name="/run")
+    assert_pngs(gallery, 2, (64, 128))
+    assert gallery[1]["caption"] == f"seed {FAST['seed']}"
+
+
+@pytest.mark.parametrize("name, overrides, hw", [
+    ("canny", dict(preprocessor="None", image_resolution=64), (64, 64)),  # the square photo at 64 px
+    ("softedge", dict(preprocessor="SoftEdge_PIDI_safe", height=128), (128, 128)),  # width from the aspect
+    ("shuffle", dict(preprocessor="Shuffle", width=64, height=192, resize_mode="crop_and_resize"), (192, 64)),
+    ("tile", dict(width=192, height=64, denoise_strength=0.5, resize_mode="resize_and_fill"), (64, 192)),
+])
+def test_v11_app_sizes_and_choices(name, overrides, hw, annotators, photo, tmp_path):
+    app = V11_APPS[name]
+    with serving(build_v11_demo(app, tiny_engine(), annotators)) as url:
+        gallery = client_for(url, tmp_path).predict(**v11_kwargs(app, handle_file(photo), **overrides),
+                                                    api_name="/run")
+    assert_pngs(gallery, 2, hw)
+
+
+def test_v11_inpaint_without_mask_is_a_visible_error(photo, tmp_path):
+    app = V11_APPS["inpaint"]
+    empty = {"background": handle_file(photo), "layers": [], "composite": handle_file(photo)}
+    with serving(build_v11_demo(app, tiny_engine(), Annotators())) as url:
+        with pytest.raises(AppError, match="No mask"):
+            client_for(url, tmp_path).predict(**v11_kwargs(app, empty), api_name="/run")
 
 
 def test_interactive_scribble_app_reads_black_strokes_on_white(tmp_path):

@@ -17,8 +17,10 @@ from cldm.app import cli, tasks
 from cldm.app.engine import ControlUnit, Engine, NoModelError, Sampling
 from cldm.app.images import MAX_INPUT_PIXELS, canvas_to_mask, to_rgb
 from cldm.app.tasks import ANNOTATOR_TABS, TASKS
+from cldm.app.tasks_v11 import NONE, V11_APPS, tile_control
 from cldm.app.ui import build_demo, event, task_process
-from cldm.app.weights import resolve_model
+from cldm.app.ui_v11 import defaults_for, editor_image_and_mask, output_size
+from cldm.app.weights import resolve_model, scan_controls
 from cldm.cldm import NUM_CONTROLS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ class StubAnnotators:
 # ---------------------------------------------------------------------------------------------- scripts
 
 def test_app_scripts_are_short_and_each_runs_its_own_app():
-    assert len(ROOT_SCRIPTS) == 12
+    assert len(ROOT_SCRIPTS) == 12 + len(V11_APPS)
     entry_points = set()
     for name in ROOT_SCRIPTS:
         text = (ROOT / name).read_text()
@@ -59,9 +61,11 @@ def test_app_scripts_are_short_and_each_runs_its_own_app():
         call = re.search(r'if __name__ == "__main__":\n    (.+)\n', text).group(1)
         entry_points.add(call)
         assert "launch(" not in text.split("__main__")[0]  # nothing is served on import
-    assert len(entry_points) == 12
+    assert len(entry_points) == 12 + len(V11_APPS)
     assert {f"main(tasks.{n})" for n in ("CANNY", "HOUGH", "HED", "SCRIBBLE", "SCRIBBLE_INTERACTIVE", "FAKE_SCRIBBLE",
                                          "POSE", "SEG", "DEPTH", "NORMAL")} < entry_points
+    assert {f'main(V11_APPS["{n}"])' for n in V11_APPS} < entry_points
+    assert {f"gradio_{n}_v11.py" for n in V11_APPS} < set(ROOT_SCRIPTS)
 
 
 # ------------------------------------------------------------------------------------------ task records
@@ -293,3 +297,102 @@ def test_prompt_joining_and_demo_defaults(tmp_path):
     assert demo.added_prompt == demo.negative_prompt == "" and demo.scale == 2.0
     assert Engine().default_sampling.added_prompt == "best quality, extremely detailed"
     assert Engine().default_sampling.scale == 9.0
+
+
+# ------------------------------------------------------------------------------------------ 1.1 apps
+
+def test_v11_records_keep_upstream_defaults():
+    """Upstream ControlNet-v1-1-nightly's gradio_<name>.py: checkpoints, radios, prompts, steps, ranges."""
+    assert {a.checkpoint for a in V11_APPS.values()} == {
+        f"control_v11{v}_sd15{s}_{n}" for v, s, n in (
+            ("p", "", "canny"), ("p", "", "mlsd"), ("f1p", "", "depth"), ("p", "", "normalbae"), ("p", "", "seg"),
+            ("p", "", "inpaint"), ("p", "", "lineart"), ("p", "s2", "lineart_anime"), ("p", "", "openpose"),
+            ("p", "", "scribble"), ("p", "", "softedge"), ("e", "", "shuffle"), ("e", "", "ip2p"),
+            ("f1e", "", "tile"))}
+    assert V11_APPS["canny"].choices == ("Canny", NONE) and V11_APPS["ip2p"].choices == (NONE,)
+    assert V11_APPS["softedge"].choices[:4] == ("SoftEdge_PIDI", "SoftEdge_PIDI_safe", "SoftEdge_HED",
+                                                "SoftEdge_HED_safe")
+    assert V11_APPS["openpose"].default_choice == "Openpose_Full"
+    assert V11_APPS["shuffle"].default_choice == NONE and V11_APPS["lineart_anime"].default_choice == NONE
+    real = Engine(None)
+    canny = defaults_for(V11_APPS["canny"], real)
+    assert (canny.seed, canny.eta, canny.ddim_steps, canny.scale) == (12345, 1.0, 20, 9.0)
+    assert canny.added_prompt == "best quality"
+    assert canny.negative_prompt == "lowres, bad anatomy, bad hands, cropped, worst quality"
+    tile = defaults_for(V11_APPS["tile"], real)
+    assert tile.ddim_steps == 32 and tile.negative_prompt.startswith("blur, lowres")
+    assert V11_APPS["tile"].max_resolution == 2048 and V11_APPS["tile"].default_options() == {"denoise_strength": 1.0}
+    assert V11_APPS["inpaint"].default_options() == {"mask_blur": 5.0}
+    demo = defaults_for(V11_APPS["canny"], Engine(None, demo=True))  # the demo model keeps its own prompts
+    assert (demo.added_prompt, demo.negative_prompt, demo.seed, demo.eta) == ("", "", 12345, 1.0)
+
+
+def test_v11_map_rules():
+    """Maps land at the output size; lineart feeds the ControlNet 255 - map; scribble thins any map to 0/255."""
+    image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    lineart = V11_APPS["lineart"]
+    found = lineart.make_map(StubAnnotators, image, "Lineart", 128)
+    assert found.shape == (64, 128, 3) and np.array_equal(lineart.control(found), 255 - found)
+    assert np.array_equal(lineart.make_map(StubAnnotators, image, NONE, 128), image)  # None: the upload itself
+    scribble = V11_APPS["scribble"].make_map(StubAnnotators, image, NONE, 128)
+    assert set(np.unique(scribble)) <= {0, 255}
+    assert V11_APPS["canny"].control(found) is found
+    with pytest.raises(ValueError, match="unknown preprocessor 'Zoe'"):
+        V11_APPS["depth"].make_map(StubAnnotators, image, "Zoe", 128)
+    shuffled = [V11_APPS["shuffle"].make_map(StubAnnotators, image, "Shuffle", 64, seed=s) for s in (1, 1, 2)]
+    assert np.array_equal(shuffled[0], shuffled[1]) and not np.array_equal(shuffled[0], shuffled[2])
+
+
+def test_tile_control_is_the_image_at_one_eighth_enlarged():
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, 64:] = 200
+    control = tile_control(image)
+    assert control.shape == image.shape
+    assert control[:, :56].max() < 30 and control[:, 72:].min() > 170  # blurred at the edge only
+
+
+@pytest.mark.parametrize("image_hw, resolution, width, height, expected", [
+    ((64, 128), 64, 0, 0, (128, 64)),  # the input's aspect, short side at Image Resolution
+    ((64, 128), 64, 192, 64, (192, 64)),
+    ((64, 128), 512, 0, 128, (256, 128)),  # width from the aspect
+    ((100, 50), 512, 320, 0, (320, 640)),
+])
+def test_v11_output_size(image_hw, resolution, width, height, expected):
+    assert output_size(np.zeros((*image_hw, 3), np.uint8), resolution, width, height) == expected
+
+
+def test_editor_value_gives_image_and_mask():
+    background = Image.new("RGBA", (8, 6), (10, 20, 30, 255))
+    layer = np.zeros((6, 8, 4), np.uint8)
+    layer[1:3, 2:5, 3] = 255
+    image, mask = editor_image_and_mask({"background": background, "layers": [Image.fromarray(layer)],
+                                         "composite": background})
+    assert image.shape == (6, 8, 3) and (image == (10, 20, 30)).all()
+    assert mask.sum() == 6 * 255 and (mask[1:3, 2:5] == 255).all()
+    assert editor_image_and_mask({"background": background, "layers": [], "composite": background})[1] is None
+    with pytest.raises(ValueError, match="No input image"):
+        editor_image_and_mask({"background": None, "layers": [], "composite": None})
+
+
+def test_v11_apps_find_their_own_file_not_the_10_one(tmp_path):
+    (tmp_path / "control_sd15_canny.pth").touch()
+    assert scan_controls("control_v11p_sd15_canny", tmp_path) is None
+    (tmp_path / "control_v11p_sd15_canny_fp16.safetensors").touch()
+    (tmp_path / "control_v11p_sd15_canny_extra.pth").touch()
+    assert scan_controls("control_v11p_sd15_canny", tmp_path).name == "control_v11p_sd15_canny_fp16.safetensors"
+    (tmp_path / "control_v11p_sd15_canny.pth").touch()
+    assert scan_controls("control_v11p_sd15_canny", tmp_path).name == "control_v11p_sd15_canny.pth"
+    choice = resolve_model("control_v11f1e_sd15_tile", models_dir=tmp_path, demo_weights=tmp_path / "absent")
+    assert "control_v11f1e_sd15_tile.pth" in choice.banner and "ControlNet-v1-1" in choice.banner
+
+
+def test_float_hint_reaches_the_controlnet_unscaled():
+    """1.1 inpaint: masked pixels are -1 in the ControlNet's hint (upstream: -255 / 255), others image / 255."""
+    from annotator.inpaint import inpaint_control
+    from cldm.generate import _hint
+    image = np.full((16, 24, 3), 51, np.uint8)
+    mask = np.zeros((16, 24), np.uint8)
+    mask[4:12, 8:16] = 255
+    hint = _hint(inpaint_control(image, mask, 0.1), 24, 16, "just_resize", "cpu")
+    assert hint.shape == (1, 3, 16, 24) and hint.dtype == torch.float32
+    assert (hint[0, :, 4:12, 8:16] == -1).all() and torch.allclose(hint[0, :, :4], torch.tensor(0.2))

@@ -4,14 +4,17 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Union
 
 import torch
 
 from cldm.app.annotators import Annotators
 from cldm.app.engine import Engine
 from cldm.app.tasks import TASKS, Task
+from cldm.app.tasks_v11 import AppV11
 from cldm.app.ui import (CACHE_TTL_S, MAX_FILE_SIZE, QUEUE_SIZE, build_annotator_demo, build_demo,
                          build_multi_demo, launch)
+from cldm.app.ui_v11 import build_v11_demo
 from cldm.app.weights import resolve_model
 from cldm.model import CheckpointError
 from ldm.accel import DTYPE_CHOICES
@@ -103,10 +106,11 @@ def serve(demo, args: argparse.Namespace) -> None:
            queue_size=args.queue_size, cache_ttl=args.cache_ttl)
 
 
-def main(task: Task, argv=None) -> None:
-    """Run one diffusion app (`gradio_<task>2image.py`)."""
+def main(task: Union[Task, AppV11], argv=None) -> None:
+    """Run one diffusion app (`gradio_<task>2image.py`, or a 1.1 app's `gradio_<name>_v11.py`)."""
     args = _setup(make_parser(task.title), argv)
-    serve(build_demo(task, _engine(args, [task.checkpoint]), Annotators(args.device, args.annotator_ckpts)), args)
+    build = build_v11_demo if isinstance(task, AppV11) else build_demo
+    serve(build(task, _engine(args, [task.checkpoint]), Annotators(args.device, args.annotator_ckpts)), args)
 
 
 def main_multi(default_tasks=("canny", "pose"), argv=None) -> None:

@@ -102,6 +102,7 @@ class Engine:
         self.save_memory = save_memory
         self.banner = banner
         self.model_label = ""  # the files in use, shown in the app's header
+        self.demo = demo  # the bundled demo model stands in for the real checkpoint
         # The demo model's tiny text tower only learnt Fill50K prompts: upstream's added and negative prompts
         # ("best quality, ...") are noise to it, so its apps start with them empty, and at the guidance
         # scale that scored best on it (models/tiny_fill50k.md: 2; upstream's 9 is clearly worse there).
@@ -146,11 +147,12 @@ class Engine:
 
     @torch.no_grad()
     def generate(self, units: Sequence[ControlUnit], sampling: Sampling,
-                 on_step: Optional[Callable[[int, int], None]] = None) -> Tuple[List[np.ndarray], int]:
+                 on_step: Optional[Callable[[int, int], None]] = None, **image_args) -> Tuple[List[np.ndarray], int]:
         """Sample `sampling.num_samples` images under every unit's map -> (list of (H, W, 3) uint8, seed used).
 
         All maps must share one size, a multiple of 64. `on_step(i, total)` is called after each DDIM step.
-        The sampling itself is `cldm.generate.generate`, the Python API's function."""
+        The sampling itself is `cldm.generate.generate`, the Python API's function; `image_args` go to it
+        (img2img and inpainting: init_image, strength, mask, mask_blur)."""
         self.ensure_model()
         h, w = units[0].control_map.shape[:2]
         if any(u.control_map.shape != (h, w, 3) for u in units) or h % 64 or w % 64:
@@ -163,6 +165,6 @@ class Engine:
                           steps=sampling.ddim_steps, sampler="ddim", seed=seed, width=w, height=h,
                           guidance_scale=sampling.scale, num_images=sampling.num_samples,
                           guess_mode=sampling.guess_mode, eta=sampling.eta, progress_bar=False,
-                          on_phase=self._shift,
+                          on_phase=self._shift, **image_args,
                           callback=None if on_step is None else lambda info: on_step(info["i"] + 1, info["total"]))
         return [np.asarray(image) for image in images], seed

@@ -7,7 +7,7 @@ is served until `launch` is called (by `cldm.app.cli`, or in-process by the test
 import contextlib
 import inspect
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gradio as gr
 import numpy as np
@@ -97,27 +97,34 @@ def unit_inputs(suffix: str = "") -> dict:
     }
 
 
-def advanced_options(engine: Engine, options: Sequence[Option] = (), with_unit: bool = True) -> dict:
+def advanced_options(engine: Engine, options: Sequence[Option] = (), with_unit: bool = True,
+                     defaults: Optional[Sampling] = None, max_resolution: int = MAX_RESOLUTION,
+                     extra: Optional[Callable[[], dict]] = None) -> dict:
     """Upstream's "Advanced options" accordion (plus control start/end) -> its inputs by parameter name.
 
     The resolution range starts at the model's native size when that is below 256 (the tiny demo model).
+    defaults: the initial steps, scale, seed (-1: randomised per page load), eta and prompts (default: the
+    engine's, 1.0's); extra(): more inputs, made inside the accordion after the resolution.
     """
     native = engine.native_resolution or DEFAULT_RESOLUTION
+    defaults = defaults or engine.default_sampling
+    seed = {"value": defaults.seed} if defaults.seed >= 0 else {"randomize": True}
     with gr.Accordion("Advanced options", open=False):
         inputs = {
             "num_samples": gr.Slider(label="Images", minimum=1, maximum=12, value=1, step=1, precision=0),
-            "image_resolution": gr.Slider(label="Image Resolution", minimum=min(256, native), maximum=MAX_RESOLUTION,
-                                          value=min(native, MAX_RESOLUTION), step=64, precision=0),
+            "image_resolution": gr.Slider(label="Image Resolution", minimum=min(256, native), maximum=max_resolution,
+                                          value=min(native, max_resolution), step=64, precision=0),
+            **(extra() if extra else {}),
             **(unit_inputs() if with_unit else {}),
             **{o.key: option_input(o) for o in options},
-            "ddim_steps": gr.Slider(label="Steps", minimum=1, maximum=100, value=20, step=1, precision=0),
-            "scale": gr.Slider(label="Guidance Scale", minimum=0.1, maximum=30.0, value=engine.default_sampling.scale,
-                               step=0.1),
-            "seed": gr.Slider(label="Seed", minimum=-1, maximum=2147483647, step=1, randomize=True, precision=0,
-                              info="-1: a new random seed each run"),
-            "eta": gr.Number(label="eta (DDIM)", value=0.0, minimum=0.0, maximum=1.0),
-            "added_prompt": gr.Textbox(label="Added Prompt", value=engine.default_sampling.added_prompt),
-            "negative_prompt": gr.Textbox(label="Negative Prompt", value=engine.default_sampling.negative_prompt),
+            "ddim_steps": gr.Slider(label="Steps", minimum=1, maximum=100, value=defaults.ddim_steps, step=1,
+                                    precision=0),
+            "scale": gr.Slider(label="Guidance Scale", minimum=0.1, maximum=30.0, value=defaults.scale, step=0.1),
+            "seed": gr.Slider(label="Seed", minimum=-1, maximum=2147483647, step=1, precision=0,
+                              info="-1: a new random seed each run", **seed),
+            "eta": gr.Number(label="eta (DDIM)", value=defaults.eta, minimum=0.0, maximum=1.0),
+            "added_prompt": gr.Textbox(label="Added Prompt", value=defaults.added_prompt),
+            "negative_prompt": gr.Textbox(label="Negative Prompt", value=defaults.negative_prompt),
         }
     return inputs
 

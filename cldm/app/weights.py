@@ -14,11 +14,14 @@ SD15_CONFIG = MODELS_DIR / "cldm_v15.yaml"
 DEMO_CONFIG = MODELS_DIR / "tiny_fill50k.yaml"
 DEMO_WEIGHTS = MODELS_DIR / "tiny_fill50k.safetensors"
 WEIGHTS_URL = "https://huggingface.co/lllyasviel/ControlNet/tree/main/models"
+V11_WEIGHTS_URL = "https://huggingface.co/lllyasviel/ControlNet-v1-1/tree/main"
+V11_PREFIX = "control_v11"  # an app name starting so is a 1.1 file's own stem, e.g. control_v11p_sd15_canny
 
 
 def default_checkpoint(name: str) -> Path:
-    """Upstream's location of the ControlNet 1.0 checkpoint for `name` (e.g. 'canny')."""
-    return MODELS_DIR / f"control_sd15_{name}.pth"
+    """Upstream's location of the checkpoint for `name`: a 1.0 app name (e.g. 'canny' ->
+    control_sd15_canny.pth) or a 1.1 file stem (control_v11p_sd15_canny -> control_v11p_sd15_canny.pth)."""
+    return MODELS_DIR / (f"{name}.pth" if name.startswith(V11_PREFIX) else f"control_sd15_{name}.pth")
 
 
 CONTROL_ONLY_KINDS = ("control", "bare-control", "diffusers-control")
@@ -117,10 +120,13 @@ def scan_controls(name: str, models_dir: Path = MODELS_DIR) -> Optional[Path]:
     """The models folder's ControlNet for the app ``name``: upstream 1.0's ``control_sd15_<name>.pth`` first, else
     a 1.1 file or diffusers folder ``control_v11*_sd15*_<name>[_fp16]`` (``hed`` -> ``softedge``, ...)."""
     models_dir = Path(models_dir)
-    first = models_dir / f"control_sd15_{name}.pth"
-    if first.is_file():
-        return first
-    wanted = re.compile(rf"control_v11\w*_sd(15|15s2|21)_{re.escape(V11_NAMES.get(name, name))}([._-]fp16)?$")
+    if name.startswith(V11_PREFIX):  # a 1.1 app: that very file (fp32 or fp16, any format), never a 1.0 one
+        wanted = re.compile(rf"{re.escape(name)}([._-]fp16)?$")
+    else:
+        first = models_dir / f"control_sd15_{name}.pth"
+        if first.is_file():
+            return first
+        wanted = re.compile(rf"control_v11\w*_sd(15|15s2|21)_{re.escape(V11_NAMES.get(name, name))}([._-]fp16)?$")
     if not models_dir.is_dir():
         return None
     found = sorted(p for p in models_dir.iterdir() if wanted.match(p.stem if p.is_file() else p.name) and (
@@ -163,8 +169,9 @@ def resolve_model(names, ckpts=None, config=None, demo_config=DEMO_CONFIG, demo_
 
 
 def _fallback(paths, missing, demo_config, demo_weights, wanted: str = "") -> ModelChoice:
+    url = V11_WEIGHTS_URL if any(p.name.startswith(V11_PREFIX) for p in paths) else WEIGHTS_URL
     wanted = wanted or "download from {} and put {}, then restart".format(
-        WEIGHTS_URL, "; ".join(f"{p.name} at {p}" for p in missing))
+        url, "; ".join(f"{p.name} at {p}" for p in missing))
     if Path(demo_config).is_file() and Path(demo_weights).is_file():
         return ModelChoice(Path(demo_config), (Path(demo_weights),) * len(paths), demo=True, reason=wanted, banner=(
             f"Running the bundled tiny demo model ({Path(demo_weights).name}, trained on Fill50K circles only: "

@@ -1,0 +1,6 @@
+"""ControlNet 1.1 normalbae app: upstream ControlNet-v1-1-nightly's `gradio_normalbae.py`. See `--help` for the flags."""
+from cldm.app.cli import main
+from cldm.app.tasks_v11 import V11_APPS
+
+if __name__ == "__main__":
+    main(V11_APPS["normalbae"])
