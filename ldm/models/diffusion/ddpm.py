@@ -182,8 +182,12 @@ class LatentDiffusion(pl.LightningModule):
         return self
 
     @torch.no_grad()
+    def _first_stage_dtype(self) -> torch.dtype:
+        return next(self.first_stage_model.parameters()).dtype
+
     def encode_first_stage(self, x: torch.Tensor):
-        return self.first_stage_model.encode(x)
+        """Images (b, 3, H, W) in [-1, 1], of any float dtype -> the VAE's posterior (in the VAE's dtype)."""
+        return self.first_stage_model.encode(x.to(self._first_stage_dtype()))
 
     def get_first_stage_encoding(self, posterior) -> torch.Tensor:
         z = posterior.sample() if hasattr(posterior, "sample") else posterior
@@ -191,7 +195,8 @@ class LatentDiffusion(pl.LightningModule):
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
-        return self.first_stage_model.decode(z / self.scale_factor)
+        """Latents of any float dtype -> images (b, 3, H, W) in [-1, 1], in the VAE's dtype."""
+        return self.first_stage_model.decode((z / self.scale_factor).to(self._first_stage_dtype()))
 
     def get_learned_conditioning(self, text: Sequence[str]) -> torch.Tensor:
         """Prompts -> context (b, n_tokens, context_dim)."""
