@@ -22,13 +22,14 @@ from ldm.accel import DTYPE_CHOICES
 log = logging.getLogger(__name__)
 
 
-def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True) -> argparse.ArgumentParser:
+def make_parser(description: str, num_ckpts: int = 1, with_model: bool = True,
+                default_ckpt: str = "control_sd15_<name>.pth") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     if with_model:
         parser.add_argument("--config", help="model yaml (default: models/cldm_v15.yaml)")
         parser.add_argument("--ckpt", nargs=num_ckpts, type=Path,
                             help="ControlNet checkpoint" + ("s, one per ControlNet" if num_ckpts > 1 else "") +
-                                 " (default: ./models/control_sd15_<name>.pth, else the bundled demo model)")
+                                 f" (default: ./models/{default_ckpt}, else the bundled demo model)")
         parser.add_argument("--control", nargs=num_ckpts, type=Path, dest="ckpt",
                             help="same as --ckpt; also a control-only file (1.1's control_v11*.pth, fp16 "
                                  ".safetensors) or a diffusers ControlNet folder, with --base")
@@ -108,8 +109,10 @@ def serve(demo, args: argparse.Namespace) -> None:
 
 def main(task: Union[Task, AppV11], argv=None) -> None:
     """Run one diffusion app (`gradio_<task>2image.py`, or a 1.1 app's `gradio_<name>_v11.py`)."""
-    args = _setup(make_parser(task.title), argv)
-    build = build_v11_demo if isinstance(task, AppV11) else build_demo
+    v11 = isinstance(task, AppV11)
+    args = _setup(make_parser(task.title, default_ckpt=f"{task.checkpoint}[_fp16].{{pth,safetensors}}" if v11
+                              else "control_sd15_<name>.pth"), argv)
+    build = build_v11_demo if v11 else build_demo
     serve(build(task, _engine(args, [task.checkpoint]), Annotators(args.device, args.annotator_ckpts)), args)
 
 
