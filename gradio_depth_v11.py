@@ -1,4 +1,5 @@
-"""ControlNet 1.1 depth app: upstream ControlNet-v1-1-nightly's `gradio_depth.py`. See `--help` for the flags."""
+"""ControlNet 1.1 depth app: upstream ControlNet-v1-1-nightly's `gradio_depth.py`.
+See `--help` for the flags and docs/apps_v11.md for the files it needs."""
 from cldm.app.cli import main
 from cldm.app.tasks_v11 import V11_APPS
 

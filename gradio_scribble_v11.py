@@ -1,4 +1,5 @@
-"""ControlNet 1.1 scribble app: upstream ControlNet-v1-1-nightly's `gradio_scribble.py`. See `--help` for the flags."""
+"""ControlNet 1.1 scribble app: upstream ControlNet-v1-1-nightly's `gradio_scribble.py`.
+See `--help` for the flags and docs/apps_v11.md for the files it needs."""
 from cldm.app.cli import main
 from cldm.app.tasks_v11 import V11_APPS
 

@@ -127,6 +127,24 @@ def test_v11_inpaint_without_mask_is_a_visible_error(photo, tmp_path):
             client_for(url, tmp_path).predict(**v11_kwargs(app, empty), api_name="/run")
 
 
+def test_v11_inpaint_with_uploaded_mask_repaints_only_under_it(photo, tmp_path):
+    """The uploaded mask (white = repaint) replaces the drawn one: control -1 (shown black) under it, the photo's
+    own pixels pasted back elsewhere."""
+    app = V11_APPS["inpaint"]
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:24, 40:60] = 255  # over the gradient, away from the bright square
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    empty = {"background": handle_file(photo), "layers": [], "composite": handle_file(photo)}
+    with serving(build_v11_demo(app, tiny_engine(), Annotators())) as url:
+        gallery = client_for(url, tmp_path / "out").predict(**v11_kwargs(
+            app, empty, mask_image=handle_file(tmp_path / "mask.png"), mask_blur=0.1), api_name="/run")
+    shown, result = (np.asarray(Image.open(g["image"]).convert("RGB")).astype(int) for g in gallery)
+    photo_rgb = cv2.imread(str(photo))[:, :, ::-1].astype(int)
+    assert (shown[8:24, 40:60] == 0).all() and np.abs(shown[32:] - photo_rgb[32:]).max() <= 1
+    assert np.abs(result[32:] - photo_rgb[32:]).max() <= 1
+    assert np.abs(result[8:24, 40:60] - photo_rgb[8:24, 40:60]).mean() > 5
+
+
 def test_interactive_scribble_app_reads_black_strokes_on_white(tmp_path):
     task = TASKS["scribble_interactive"]
     composite = np.full((128, 128, 4), 255, np.uint8)

@@ -131,7 +131,8 @@ V11_APPS = {a.name: a for a in (
         Preprocessor("Lineart", lambda ann, img: ann.lineart(img)),
         Preprocessor("Lineart_Coarse", lambda ann, img: ann.lineart(img, True))), invert_control=True),
     AppV11("lineart_anime", "Control Anything V3 with Anime Lineart (ControlNet 1.1)",
-           "control_v11p_sd15s2_lineart_anime", (Preprocessor("Lineart_Anime", lambda ann, img: ann.lineart_anime(img)),),
+           "control_v11p_sd15s2_lineart_anime",
+           (Preprocessor("Lineart_Anime", lambda ann, img: ann.lineart_anime(img)),),
            default=NONE, invert_control=True, max_resolution=2048,
            added_prompt="masterpiece, best quality, ultra-detailed, illustration, disheveled hair",
            negative_prompt="longbody, lowres, bad anatomy, bad hands, missing fingers, pubic hair,extra digit, "
