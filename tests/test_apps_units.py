@@ -396,3 +396,21 @@ def test_float_hint_reaches_the_controlnet_unscaled():
     hint = _hint(inpaint_control(image, mask, 0.1), 24, 16, "just_resize", "cpu")
     assert hint.shape == (1, 3, 16, 24) and hint.dtype == torch.float32
     assert (hint[0, :, 4:12, 8:16] == -1).all() and torch.allclose(hint[0, :, :4], torch.tensor(0.2))
+
+
+def _initial_values(demo) -> dict:
+    return {block.label: block.value for block in demo.blocks.values()
+            if getattr(block, "label", None) and hasattr(block, "value")}
+
+
+def test_pages_start_with_their_own_defaults():
+    """The 1.1 pages start with 1.1's settings; the 1.0 pages keep 1.0's (random seed, eta 0, 1.0 prompts)."""
+    from cldm.app.ui_v11 import build_v11_demo
+    engine = Engine(None)
+    v11 = _initial_values(build_v11_demo(V11_APPS["tile"], engine, StubAnnotators()))
+    assert (v11["Seed"], v11["eta (DDIM)"], v11["Steps"], v11["Preprocessor"]) == (12345, 1.0, 32, NONE)
+    assert v11["Added Prompt"] == "best quality" and v11["Negative Prompt"].startswith("blur, lowres")
+    assert v11["Denoising Strength"] == 1.0 and v11["Width"] == 0 and v11["Resize Mode"] == "just_resize"
+    v10 = _initial_values(build_demo(TASKS["canny"], engine, StubAnnotators()))
+    assert v10["eta (DDIM)"] == 0.0 and v10["Steps"] == 20 and "Preprocessor" not in v10 and "Width" not in v10
+    assert v10["Added Prompt"] == "best quality, extremely detailed" and v10["Negative Prompt"].startswith("longbody")
