@@ -145,6 +145,15 @@ def test_v11_inpaint_with_uploaded_mask_repaints_only_under_it(photo, tmp_path):
     assert np.abs(result[8:24, 40:60] - photo_rgb[8:24, 40:60]).mean() > 5
 
 
+def test_v11_inpaint_editor_refuses_a_file_that_is_no_image(photo, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    app = V11_APPS["inpaint"]
+    bad = {"background": handle_file(tmp_path / "notes.png"), "layers": [], "composite": handle_file(photo)}
+    with serving(build_v11_demo(app, tiny_engine(), Annotators())) as url:
+        with pytest.raises(AppError, match="The upload 'notes.png' is not an image"):
+            client_for(url, tmp_path / "out").predict(**v11_kwargs(app, bad), api_name="/run")
+
+
 def test_interactive_scribble_app_reads_black_strokes_on_white(tmp_path):
     task = TASKS["scribble_interactive"]
     composite = np.full((128, 128, 4), 255, np.uint8)

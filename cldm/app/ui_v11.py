@@ -15,7 +15,7 @@ from annotator.inpaint import inpaint_control, inpaint_preview
 from annotator.util import resize_image
 from cldm.app.annotators import Annotators
 from cldm.app.engine import RANDOM_SEED_RANGE, ControlUnit, Engine, Sampling
-from cldm.app.images import to_rgb
+from cldm.app.images import check_upload, to_rgb
 from cldm.app.tasks_v11 import ETA, SEED, AppV11
 from cldm.app.ui import (QUEUE_SIZE, _checked_uploads, _gallery, _header, _image_input, _sampling, advanced_options,
                          event)
@@ -121,10 +121,26 @@ def v11_process(app: AppV11, engine: Engine, annotators: Annotators) -> Callable
 
 
 def _editor() -> gr.ImageEditor:
-    """Upstream's sketch tool on the uploaded image: white strokes mark what to repaint."""
-    return gr.ImageEditor(label="Image (draw the mask)", sources=["upload"], type="pil", image_mode="RGBA",
-                          elem_id="input_image", format="png", layers=False, transforms=(),
-                          brush=gr.Brush(colors=["#ffffff"], default_size=24, color_mode="fixed"))
+    """Upstream's sketch tool on the uploaded image: white strokes mark what to repaint. Its files are checked
+    before Gradio decodes them, as the other uploads are (`ui._checked_uploads`)."""
+    editor = gr.ImageEditor(label="Image (draw the mask)", sources=["upload"], type="pil", image_mode="RGBA",
+                            elem_id="input_image", format="png", layers=False, transforms=(),
+                            brush=gr.Brush(colors=["#ffffff"], default_size=24, color_mode="fixed"))
+    decode = editor.preprocess
+
+    def preprocess(payload):
+        files = [getattr(payload, "background", None), getattr(payload, "composite", None),
+                 *(getattr(payload, "layers", None) or [])]
+        for file in files:
+            if file is not None and getattr(file, "path", None):
+                try:
+                    check_upload(file.path, getattr(file, "orig_name", None) or "")
+                except ValueError as e:
+                    raise gr.Error(str(e), print_exception=False) from None
+        return decode(payload)
+
+    editor.preprocess = preprocess
+    return editor
 
 
 def build_v11_demo(app: AppV11, engine: Engine, annotators: Annotators) -> gr.Blocks:
