@@ -108,6 +108,7 @@ def test_v11_app_answers_with_map_and_samples(name, annotators, photo, tmp_path)
 @pytest.mark.parametrize("name, overrides, hw", [
     ("canny", dict(preprocessor="None", image_resolution=64), (64, 64)),  # the square photo at 64 px
     ("softedge", dict(preprocessor="SoftEdge_PIDI_safe", height=128), (128, 128)),  # width from the aspect
+    ("lineart", dict(preprocessor="Lineart", width=192, height=128, pixel_perfect=True), (128, 192)),
     ("shuffle", dict(preprocessor="Shuffle", width=64, height=192, resize_mode="crop_and_resize"), (192, 64)),
     ("tile", dict(width=192, height=64, denoise_strength=0.5, resize_mode="resize_and_fill"), (64, 192)),
 ])

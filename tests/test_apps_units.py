@@ -343,6 +343,26 @@ def test_v11_map_rules():
     assert np.array_equal(shuffled[0], shuffled[1]) and not np.array_equal(shuffled[0], shuffled[2])
 
 
+def test_pixel_perfect_detects_at_the_output_size():
+    """Pixel Perfect: the detector sees the fitted input at its own size, whatever Preprocessor Resolution says."""
+    from cldm.app.ui_v11 import v11_process
+    seen = []
+
+    class Recording(StubAnnotators):
+        @staticmethod
+        def pidinet(img, safe=False):
+            seen.append(img.shape[:2])
+            return StubAnnotators._map(img)
+
+    engine = tiny_engine()
+    process = v11_process(V11_APPS["softedge"], engine, Recording)
+    values = dict(FAST, input_image=np.zeros((50, 100, 3), np.uint8), num_samples=1, preprocessor="SoftEdge_PIDI",
+                  width=128, height=64, resize_mode="just_resize", detect_resolution=512, pixel_perfect=True)
+    gallery = process(values, lambda *a, **k: None)
+    process({**values, "pixel_perfect": False}, lambda *a, **k: None)
+    assert seen == [(64, 128), (512, 1024)] and gallery[0][0].shape == (64, 128, 3)
+
+
 def test_tile_control_is_the_image_at_one_eighth_enlarged():
     image = np.zeros((64, 128, 3), np.uint8)
     image[:, 64:] = 200

@@ -1,7 +1,7 @@
 """The ControlNet 1.1 apps on the shared builder (`cldm.app.ui`): one page per `AppV11` record.
 
 Beside 1.0's page: the Preprocessor radio ("None": the upload is the map), a Preprocessor Resolution
-slider, Width and Height (0: from Image Resolution and the input's aspect) with a Resize Mode, 1.1's
+slider (or Pixel Perfect: the output's own size), Width and Height (0: from Image Resolution and the input's aspect) with a Resize Mode, 1.1's
 defaults, and per kind a Denoising Strength (tile: img2img from the input) or a sketch mask with Mask Blur
 (inpaint). Sampling is the Python API's (`cldm.generate.generate`, through `Engine.generate`).
 """
@@ -19,7 +19,7 @@ from cldm.app.images import check_upload, to_rgb
 from cldm.app.tasks_v11 import ETA, SEED, AppV11
 from cldm.app.ui import (QUEUE_SIZE, _checked_uploads, _gallery, _header, _image_input, _sampling, advanced_options,
                          event)
-from cldm.generate import RESIZE_MODES, fit_image, load_mask
+from cldm.generate import RESIZE_MODES, fit_image, load_mask, pixel_perfect_resolution
 
 SIZE_STEP = 64  # the sliders' step, as upstream's Image Resolution
 RESIZE_LABELS = {"just_resize": "Just Resize", "crop_and_resize": "Crop and Resize",
@@ -106,6 +106,8 @@ def v11_process(app: AppV11, engine: Engine, annotators: Annotators) -> Callable
         else:
             detect_options = {k: v for k, v in options.items() if k != "denoise_strength"}
             detect_resolution = values.get("detect_resolution") or min(height, width)
+            if values.get("pixel_perfect"):  # the input is already fitted: its own short side needs no rescale
+                detect_resolution = pixel_perfect_resolution(target, width, height, mode)
             shown = app.make_map(annotators, target, values.get("preprocessor") or app.default_choice,
                                  int(detect_resolution), seed, **detect_options)
             control = app.control(shown)
@@ -166,6 +168,9 @@ def build_v11_demo(app: AppV11, engine: Engine, annotators: Annotators) -> gr.Bl
                     if app.detect_resolution:
                         more["detect_resolution"] = gr.Slider(label="Preprocessor Resolution", minimum=128,
                                                               maximum=1024, value=512, step=1, precision=0)
+                        more["pixel_perfect"] = gr.Checkbox(
+                            label="Pixel Perfect", value=False,
+                            info="detect at the output size (its short side), ignoring Preprocessor Resolution")
                     return more
 
                 inputs.update(advanced_options(engine, app.options, defaults=defaults,
