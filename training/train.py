@@ -30,7 +30,7 @@ from training.data.loader import TrainData
 from training.data.sources import FORMATS
 from training.data.sources import build_dataset as build_source_dataset
 from training.logger import ImageLogger
-from training.validation import Fill50KValidation
+from training.validation import Validation
 from training.strategies import make_strategy, uses_own_checkpoint_io
 from training.presets import PRESETS, apply_preset
 from training.resume import (AtomicCheckpointIO, ExactResume, LearningRateSchedule, StepCheckpoint,
@@ -119,8 +119,12 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
                    help="metrics as lightning_logs/version_N/metrics.csv and/or TensorBoard event files "
                         "(tensorboard needs the tensorboardX or tensorboard package)")
     p.add_argument("--val-every", type=int, default=0,
-                   help="every N steps, Fill50K IoU and colour accuracy on held-out outlines (Fill50K data only)")
-    p.add_argument("--val-samples", type=int, default=16, help="held-out outlines per validation")
+                   help="every N steps, score the model on a held-out set (--val-metric) and log it with the loss")
+    p.add_argument("--val-metric", default="fill50k",
+                   help="fill50k (IoU / colour on held-out Fill50K outlines) or a cldm.evaluate condition "
+                        "(canny, hed, softedge, lineart, depth, seg, pose: controllability on --val-data)")
+    p.add_argument("--val-data", default=None, help="held-out images + prompts for --val-metric other than fill50k")
+    p.add_argument("--val-samples", type=int, default=16, help="held-out samples per validation")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N optimizer steps")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every step=N.ckpt (default: only the newest), e.g. to evaluate along training")
@@ -278,8 +282,12 @@ def build_trainer(args: argparse.Namespace, resume: ExactResume) -> pl.Trainer:
         loggers.append(TensorBoardLogger(args.output_dir, name="tensorboard"))
     callbacks = [resume]
     if args.val_every:
-        callbacks.append(Fill50KValidation(args.val_every, samples=args.val_samples,
-                                           ddim_steps=args.log_ddim_steps))
+        try:
+            callbacks.append(Validation(args.val_every, args.val_metric, samples=args.val_samples,
+                                        ddim_steps=args.log_ddim_steps, data=args.val_data, size=args.resolution,
+                                        annotator_ckpts=args.annotator_ckpts))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
     schedule = LearningRateSchedule(args.lr, warmup=args.lr_warmup, schedule=args.lr_schedule, total=args.max_steps)
     io = AtomicCheckpointIO()
     strategy = _strategy(args)
