@@ -1,9 +1,10 @@
 """The ControlNet 1.1 apps on the shared builder (`cldm.app.ui`): one page per `AppV11` record.
 
 Beside 1.0's page: the Preprocessor radio ("None": the upload is the map), a Preprocessor Resolution
-slider (or Pixel Perfect: the output's own size), Width and Height (0: from Image Resolution and the input's aspect) with a Resize Mode, 1.1's
-defaults, and per kind a Denoising Strength (tile: img2img from the input) or a sketch mask with Mask Blur
-(inpaint). Sampling is the Python API's (`cldm.generate.generate`, through `Engine.generate`).
+slider (or Pixel Perfect: the output's own size), Width and Height (0: from Image Resolution and the input's
+aspect) with a Resize Mode, 1.1's defaults, and per kind a Denoising Strength (tile: img2img from the input)
+or a sketch mask with Mask Blur (inpaint). Sampling is the Python API's (`cldm.generate.generate`, through
+`Engine.generate`).
 """
 import random
 from typing import Callable, Optional, Tuple
@@ -16,7 +17,7 @@ from annotator.util import resize_image
 from cldm.app.annotators import Annotators
 from cldm.app.engine import RANDOM_SEED_RANGE, ControlUnit, Engine, Sampling
 from cldm.app.images import check_upload, to_rgb
-from cldm.app.tasks_v11 import ETA, SEED, AppV11
+from cldm.app.tasks_v11 import DENOISE, ETA, MASK_BLUR, SEED, AppV11
 from cldm.app.ui import (QUEUE_SIZE, _checked_uploads, _gallery, _header, _image_input, _sampling, advanced_options,
                          event)
 from cldm.generate import RESIZE_MODES, fit_image, load_mask, pixel_perfect_resolution
@@ -74,45 +75,57 @@ def size_inputs(max_side: int) -> dict:
     }
 
 
+def _read_inputs(app: AppV11, values: dict) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The request's image (H, W, 3) uint8 and, for inpaint, its mask (H', W') uint8 (an upload beats a drawing)."""
+    if app.kind != "inpaint":
+        return to_rgb(values["input_image"]), None
+    image, mask = editor_image_and_mask(values["input_image"])
+    if values.get("mask_image") is not None:
+        mask = load_mask(values["mask_image"])
+    if mask is None:
+        raise ValueError("No mask: draw over the part of the image to repaint, or upload a mask.")
+    return image, mask
+
+
+def _inpaint(target: np.ndarray, mask: np.ndarray, mode: str, blur: float):
+    """-> (control with -1 under the blurred mask, the map shown, the inpainting arguments of generate)."""
+    height, width = target.shape[:2]
+    fitted_mask = fit_image(mask, width, height, mode, fill=0)
+    control = inpaint_control(target, fitted_mask, blur)
+    return control, inpaint_preview(control), dict(init_image=target, mask=fitted_mask, mask_blur=blur)
+
+
+def _detect(app: AppV11, annotators, values: dict, target: np.ndarray, mode: str, seed: int, options: dict):
+    """-> (the control, the map shown, img2img arguments of generate for tile)."""
+    height, width = target.shape[:2]
+    resolution = values.get("detect_resolution") or min(height, width)
+    if values.get("pixel_perfect"):  # the input is already fitted: its own short side needs no rescale
+        resolution = pixel_perfect_resolution(target, width, height, mode)
+    detect_options = {k: v for k, v in options.items() if k != DENOISE.key}
+    shown = app.make_map(annotators, target, values.get("preprocessor") or app.default_choice, int(resolution), seed,
+                         **detect_options)
+    image_args = dict(init_image=target, strength=float(options[DENOISE.key])) if app.kind == "img2img" else {}
+    return app.control(shown), shown, image_args
+
+
 def v11_process(app: AppV11, engine: Engine, annotators: Annotators) -> Callable[[dict, gr.Progress], list]:
-    """Input (and mask) -> map -> samples -> gallery (the map first), for any 1.1 app."""
+    """Input (and mask) -> input fitted to the output size -> control -> samples -> gallery (the map first)."""
     def process(values: dict, progress) -> list:
         seed = int(values["seed"])
         if seed == -1:  # drawn here: shuffle's flow uses the same seed as the sampler
             seed = random.randint(*RANDOM_SEED_RANGE)
         sampling = _sampling({**values, "seed": seed})
         engine.ensure_model()
-        mask = None
-        if app.kind == "inpaint":
-            image, mask = editor_image_and_mask(values["input_image"])
-            if values.get("mask_image") is not None:
-                mask = load_mask(values["mask_image"])
-            if mask is None:
-                raise ValueError("No mask: draw over the part of the image to repaint, or upload a mask.")
-        else:
-            image = to_rgb(values["input_image"])
+        image, mask = _read_inputs(app, values)
         width, height = output_size(image, values["image_resolution"], values["width"], values["height"])
         mode = values["resize_mode"] or RESIZE_MODES[0]
         target = fit_image(image, width, height, mode)
         progress(0, desc="Detecting")
         options = {o.key: values[o.key] for o in app.options}
-        image_args = {}
         if app.kind == "inpaint":
-            fitted_mask = fit_image(mask, width, height, mode, fill=0)
-            blur = float(options["mask_blur"])
-            control = inpaint_control(target, fitted_mask, blur)
-            shown = inpaint_preview(control)
-            image_args = dict(init_image=target, mask=fitted_mask, mask_blur=blur)
+            control, shown, image_args = _inpaint(target, mask, mode, float(options[MASK_BLUR.key]))
         else:
-            detect_options = {k: v for k, v in options.items() if k != "denoise_strength"}
-            detect_resolution = values.get("detect_resolution") or min(height, width)
-            if values.get("pixel_perfect"):  # the input is already fitted: its own short side needs no rescale
-                detect_resolution = pixel_perfect_resolution(target, width, height, mode)
-            shown = app.make_map(annotators, target, values.get("preprocessor") or app.default_choice,
-                                 int(detect_resolution), seed, **detect_options)
-            control = app.control(shown)
-            if app.kind == "img2img":
-                image_args = dict(init_image=target, strength=float(options["denoise_strength"]))
+            control, shown, image_args = _detect(app, annotators, values, target, mode, seed, options)
         unit = ControlUnit(control, float(values["strength"]), float(values["control_start"]),
                            float(values["control_end"]), mode=values["control_mode"] or "balanced")
         samples, used = engine.generate([unit], sampling, lambda i, total: progress(
