@@ -190,3 +190,29 @@ def test_training_steps_on_shards_with_buckets(shards, tmp_path):
                     "--batch-size", "2", "--resolution", "128", "--buckets", "--flip", "--condition", "canny"])
     assert trainer.global_step == 3
     assert torch.load(out / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+def test_augmentation_is_the_same_in_worker_processes(folder):
+    """Crops, flips and prompt dropout are drawn from (seed, epoch, index): the same batches come out of the
+    main process and of 2 worker processes, in both epochs (what exact resume relies on)."""
+    from torch.utils.data import DataLoader
+
+    from training.resume import SeededItems
+
+    dataset = RecordDataset(list_folder(str(folder)), resolution=128, buckets=True, random_crop=True, flip=True,
+                            prompt_dropout=0.5)
+
+    def batches(workers: int) -> list:
+        sampler = ResumableBatchSampler(len(dataset), 2, seed=7, groups=dataset.groups())
+        loader = DataLoader(SeededItems(dataset, sampler, 7), batch_sampler=sampler, num_workers=workers)
+        out = []
+        for epoch in (0, 1):
+            sampler.go_to(epoch)
+            out += [(b["txt"], b["jpg"], b["hint"]) for b in loader]
+        return out
+
+    main_process, workers = batches(0), batches(2)
+    assert len(main_process) == len(workers) == 6
+    for (t0, j0, h0), (t1, j1, h1) in zip(main_process, workers):
+        assert t0 == t1 and torch.equal(j0, j1) and torch.equal(h0, h1)
+    assert {t for texts, _, _ in main_process for t in texts} & {""}  # some prompts dropped
