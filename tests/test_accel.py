@@ -108,3 +108,19 @@ def test_auto_dtype_is_bf16_exactly_where_the_cpu_has_amx():
     assert accel.resolve_dtype("auto", "cpu") == (torch.bfloat16 if cpu.cpu_has_amx() else torch.float32)
     with pytest.raises(ValueError, match="unknown dtype 'half'"):
         accel.resolve_dtype("half", "cpu")
+
+
+def test_reduced_precision_stores_convolution_weights_channels_last(model):
+    """bf16 on CPU: convolution weights channels-last (same values, same Parameters), undone by restore."""
+    model = model.to(torch.bfloat16)
+    x, t, hint, ctx = inputs(model)
+    expected = _eps(model, x, t, hint, ctx).float()
+    params = dict(model.named_parameters())
+    conv = model.model.diffusion_model.input_blocks[1][0].in_layers[2]
+    accel.accelerate_for_inference(model)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert all(p is params[name] for name, p in model.named_parameters()) and _swapped(model) == 0
+    got = _eps(model, x, t, hint, ctx).float()
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()  # bf16 rounding in another order
+    accel.restore(model)
+    assert conv.weight.is_contiguous()
