@@ -21,7 +21,7 @@ import time
 
 import torch
 
-ROWS = {  # name -> (grad checkpointing, autocast dtype or None, cached encodings, batch-1 accumulation)
+ROWS = {  # name -> (grad checkpointing, autocast dtype or None, cached encodings, batch-1 accumulation + 8-bit AdamW)
     "plain": (True, None, False, False),
     "cached": (True, None, True, False),
     "none (no ckpt)": (False, None, False, False),
@@ -44,7 +44,11 @@ def run_row(name: str, config: str, size: int, batch: int, steps: int, device: s
     model = instantiate_from_config(cfg).to(device)
     model.train()
     set_grad_checkpointing(model, ckpt)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+    if accumulate and name == "12gb":
+        from training.model import load_bitsandbytes
+        optimizer = load_bitsandbytes().optim.AdamW8bit(model.trainable_parameters(), lr=1e-5)
+    else:
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
     g = torch.Generator().manual_seed(0)
     data = {"jpg": torch.rand(batch, size, size, 3, generator=g) * 2 - 1, "hint": torch.rand(batch, size, size, 3,
                                                                                                generator=g),

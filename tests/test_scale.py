@@ -1,6 +1,6 @@
 """Scale-out on CPU processes with gloo (issue 21): FSDP (2 processes) and DDP over 2 "nodes" x 1 process with a
 loopback rendezvous, a few steps each. Both are 2-way data parallel over the same batches, so they must end with
-the same weights (to reduction rounding). Also the 8gb memory preset (every saver at once) for two steps."""
+the same weights (to reduction rounding). Also the 12gb memory preset, with a resume."""
 import os
 import signal
 import socket
@@ -65,17 +65,13 @@ def test_fsdp_and_two_nodes_train_alike(workspace, tmp_path):
     base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     for key in ("NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         base.pop(key, None)
-    fsdp_out, nodes_out, preset_out = tmp_path / "fsdp", tmp_path / "nodes", tmp_path / "preset"
+    fsdp_out, nodes_out = tmp_path / "fsdp", tmp_path / "nodes"
     port = str(_free_port())
-    fsdp_log, preset_log, *node_logs = _run_all(  # all at once: most of each run is process start-up
-        [_argv(workspace, fsdp_out, "--devices", "2", "--strategy", "fsdp"),
-         _argv(workspace, preset_out, "--memory-preset", "8gb", "--cache-dir", str(tmp_path / "enc"))]
+    fsdp_log, *node_logs = _run_all(  # all at once: most of each run is process start-up
+        [_argv(workspace, fsdp_out, "--devices", "2", "--strategy", "fsdp")]
         + [_argv(workspace, nodes_out, "--num-nodes", "2", "--devices", "1", "--strategy", "ddp")] * 2,
-        [dict(base, MASTER_PORT=str(_free_port())), dict(base, MASTER_PORT=str(_free_port()))]
+        [dict(base, MASTER_PORT=str(_free_port()))]
         + [dict(base, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(rank)) for rank in (0, 1)])
-    # 8gb: batch 1 x 2 accumulated, bf16, cached encodings, FSDP2 with CPU offload
-    assert "rank 0/1: trained 4 batches, global step 2" in preset_log
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "enc").iterdir()) == ["latents", "text"]
     for rank in (0, 1):
         assert f"rank {rank}/2: trained 2 batches, global step 2" in fsdp_log
         assert f"rank {rank}/2: trained 2 batches, global step 2" in node_logs[rank]
@@ -95,7 +91,21 @@ def test_memory_presets_set_their_flags():
     from training.train import build_parser
     args = apply_preset(build_parser().parse_args(["--batch-size", "4", "--memory-preset", "12gb",
                                                    "--no-grad-checkpointing"]))
-    assert (args.batch_size, args.accumulate, args.precision) == (1, 4, "bf16")
+    assert (args.batch_size, args.accumulate, args.precision, args.optimizer) == (1, 4, "bf16", "adamw8bit")
     assert args.cache_latents and args.cache_text and not args.no_grad_checkpointing and args.strategy == "auto"
     args = apply_preset(build_parser().parse_args(["--memory-preset", "none", "--precision", "32"]))
     assert args.precision == "32" and not args.cache_latents
+
+
+def test_12gb_preset_runs_and_resumes(workspace, tmp_path):
+    """12gb: batch 1 x 2 accumulated, bf16, cached encodings, 8-bit AdamW (uint8 state in the checkpoint)."""
+    from training.train import main
+    argv = _argv(workspace, tmp_path / "run", "--memory-preset", "12gb", "--ckpt-every", "1", "--cache-dir",
+                 str(tmp_path / "enc"))[2:]
+    assert main(argv).global_step == 2
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt")["optimizer_states"][0]["state"]
+    quant = next(iter(state.values()))["__bnb_optimizer_quant_state__"]
+    assert quant["state1"].dtype == torch.uint8 and quant["state2"].dtype == torch.uint8
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "enc").iterdir()) == ["latents", "text"]
+    argv[argv.index("--max-steps") + 1] = "3"
+    assert main(argv + ["--resume-training"]).global_step == 3

@@ -5,6 +5,19 @@ from einops import rearrange
 from cldm.cldm import ControlLDM
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 
+def load_bitsandbytes():
+    """bitsandbytes, imported offline: at import it looks for optional kernels on the Hugging Face Hub, which
+    this project never lets happen at run time."""
+    import os
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise SystemExit("error: --optimizer adamw8bit needs the bitsandbytes package "
+                         "(pip install -c constraints.txt bitsandbytes)") from e
+    return bitsandbytes
+
+
 # Blocks sharded as FSDP units: each is gathered for its own forward/backward, then freed again.
 SHARD_CLASS_NAMES = ("ResBlock", "SpatialTransformer")
 
@@ -36,6 +49,15 @@ class TrainControlLDM(ControlLDM):
         hint = batch[self.control_key][:n].to(self.device)
         hint = rearrange(hint, "b h w c -> b c h w").to(memory_format=torch.contiguous_format).float()
         return z, {"c_crossattn": [c], "c_concat": [hint]}
+
+    optimizer_name = "adamw"  # set by training.train (--optimizer)
+
+    def configure_optimizers(self):
+        """AdamW as upstream, or bitsandbytes' 8-bit AdamW (its two moment buffers stored as uint8 blocks with a
+        float scale each: about a quarter of AdamW's state memory)."""
+        if self.optimizer_name != "adamw8bit":
+            return super().configure_optimizers()
+        return load_bitsandbytes().optim.AdamW8bit(self.trainable_parameters(), lr=self.learning_rate)
 
     def configure_model(self) -> None:
         mesh = getattr(self, "_device_mesh", None)

@@ -3,16 +3,17 @@
 Each preset sets flags (and logs what it set); an explicit flag that contradicts a preset is overridden, so
 combine a preset only with flags it does not touch (batch size, steps, data, ...):
 
-    preset  gradient checkpointing  precision   cached latents + text  batch / accumulation   FSDP2 CPU offload
-    none    as the config / flags   as --precision  as flags           as flags               no
-    24gb    on                      bf16 mixed  no                     as flags               no
-    16gb    on                      bf16 mixed  yes                    as flags               no
-    12gb    on                      bf16 mixed  yes                    1 x (batch size)       no
-    8gb     on                      bf16 mixed  yes                    1 x (batch size)       yes (--strategy fsdp_cpu_offload)
+    preset  gradient checkpointing  precision   cached latents + text  batch / accumulation   optimizer   FSDP2 CPU offload
+    none    as the config / flags   as --precision  as flags           as flags               as flags    no
+    24gb    on                      bf16 mixed  no                     as flags               as flags    no
+    16gb    on                      bf16 mixed  yes                    as flags               as flags    no
+    12gb    on                      bf16 mixed  yes                    1 x (batch size)       adamw8bit   no
+    8gb     on                      bf16 mixed  yes                    1 x (batch size)       adamw       yes (fsdp_cpu_offload)
 
 The 12gb/8gb presets keep the effective batch (``--batch-size`` samples per optimizer step) by accumulating
-gradients over single-sample batches. 8-bit AdamW (diffusers' tiers use it) is not among them: see
-docs/training.md. Measured figures: docs/training.md and ``python -m bench.bench_train --presets``.
+gradients over single-sample batches; 12gb's 8-bit AdamW needs bitsandbytes (8gb keeps plain AdamW: its state
+sits in CPU memory with the offload, and bitsandbytes' update does not take FSDP2's sharded tensors). Measured
+figures: docs/training.md and ``python -m bench.bench_train --presets``.
 """
 import argparse
 import logging
@@ -30,9 +31,9 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     if preset in ("16gb", "12gb", "8gb"):
         settings.update(cache_latents=True, cache_text=True)
     if preset in ("12gb", "8gb"):
-        settings.update(batch_size=1, accumulate=args.batch_size * args.accumulate)
+        settings.update(batch_size=1, accumulate=args.batch_size * args.accumulate, optimizer="adamw8bit")
     if preset == "8gb":
-        settings.update(strategy="fsdp_cpu_offload")
+        settings.update(strategy="fsdp_cpu_offload", optimizer="adamw")
     for key, value in settings.items():
         setattr(args, key, value)
     log.info("--memory-preset %s: %s", preset, ", ".join(f"{k}={v}" for k, v in settings.items()))

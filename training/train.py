@@ -85,6 +85,8 @@ def build_parser(defaults: TrainDefaults = TrainDefaults()) -> argparse.Argument
     p.add_argument("--batch-size", type=int, default=4, help="per device")
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (batches per optimizer step)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw",
+                   help="AdamW, or 8-bit AdamW (bitsandbytes; about a quarter of the optimizer-state memory)")
     p.add_argument("--lr-warmup", type=int, default=0, help="linear learning-rate warm-up over N optimizer steps")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="after the warm-up: constant, or cosine decay to 0 at --max-steps")
@@ -152,6 +154,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.precision == "16" and (args.accelerator == "cpu" or not torch.cuda.is_available()):
         raise SystemExit("error: --precision 16 needs a GPU (Lightning turns it into bf16 on CPU); "
                          "use --precision bf16")
+    if args.optimizer == "adamw8bit" and args.strategy.startswith("fsdp"):
+        raise SystemExit("error: --optimizer adamw8bit does not work with --strategy fsdp (bitsandbytes' update "
+                         "does not take FSDP's sharded tensors); use ddp, or fsdp_cpu_offload with adamw")
     last = last_checkpoint_path(args.output_dir)
     if args.resume_training and find_resume_checkpoint(os.path.dirname(last)) is None:
         raise SystemExit(f"error: --resume-training: no checkpoint to resume at {last}")
@@ -183,6 +188,7 @@ def build_model(args: argparse.Namespace) -> pl.LightningModule:
     if args.no_grad_checkpointing:
         set_grad_checkpointing(model, False)
     model.fsdp_cpu_offload = args.strategy == "fsdp_cpu_offload"
+    model.optimizer_name = args.optimizer
     if not args.resume_training:
         try:
             load_checkpoint(model, args.resume)
