@@ -86,14 +86,15 @@ def image_samples(source: Path, prompt: Optional[str], limit: Optional[int], wid
 # --------------------------------------------------------------------------------------------- the run
 def evaluate(model, condition: Condition, samples: Sequence[Sample], annotators, *, steps: int = 20,
              sampler: str = "ddim", guidance_scale: float = 9.0, negative_prompt: str = "",
-             progress: bool = True):
-    """Score ``model`` on ``samples`` -> (summary, per-sample records, [(condition, sample, re-extracted)])."""
+             progress: bool = True, keep: int = GRID_COLUMNS):
+    """Score ``model`` on ``samples`` -> (summary, per-sample records, [(condition, sample, re-extracted)] of
+    the first ``keep`` samples, for the grid)."""
     from cldm.generate import generate
 
-    references = [condition.reference(annotators, s.image, s.meta) for s in samples]  # fails early on weights
+    first = condition.reference(annotators, samples[0].image, samples[0].meta) if samples else None  # fails early
     records, triples = [], []
-    for sample, (control, reference) in tqdm(list(zip(samples, references)), desc=f"evaluate {condition.name}",
-                                             unit="img", disable=not progress):
+    for i, sample in enumerate(tqdm(samples, desc=f"evaluate {condition.name}", unit="img", disable=not progress)):
+        control, reference = first if i == 0 else condition.reference(annotators, sample.image, sample.meta)
         h, w = sample.image.shape[:2]
         image = generate(control, sample.prompt, model, negative_prompt=negative_prompt, steps=steps,
                          sampler=sampler, seed=sample.seed, width=w, height=h, guidance_scale=guidance_scale,
@@ -103,7 +104,8 @@ def evaluate(model, condition: Condition, samples: Sequence[Sample], annotators,
         scores = condition.score(reference, measured)
         records.append({"name": sample.name, "prompt": sample.prompt, "seed": sample.seed,
                         "scores": {k: _number(v) for k, v in scores.items()}})
-        triples.append((control, generated, again))
+        if i < keep:
+            triples.append((control, generated, again))
     return condition.summarize([r["scores"] for r in records]), records, triples
 
 
