@@ -189,7 +189,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help=f"first N samples (fill50k: default {DEFAULT_FILL50K_SAMPLES})")
     p.add_argument("--out", type=Path, default=Path("eval"), help="folder for results.json / .md and grids")
     p.add_argument("--config", help="model config; default the bundled tiny model's")
-    p.add_argument("--ckpt", help="a full ControlLDM checkpoint, or the ControlNet file with --base; "
+    p.add_argument("--ckpt", "--control", dest="ckpt", help="a full ControlLDM checkpoint, or the ControlNet file with --base; "
                                   "default the bundled tiny model")
     p.add_argument("--base", help="a Stable Diffusion checkpoint, when --ckpt holds only a ControlNet")
     p.add_argument("--name", help="the model's name in the tables (default: the checkpoint's file stem)")
