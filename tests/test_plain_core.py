@@ -43,12 +43,11 @@ def test_unet_and_controlnet_compile_as_one_graph():
     model = randomize_zero_convs(build_tiny())
     x, t, hint, ctx = inputs(model)
     step = _forward(model)
+    torch._dynamo.reset()
     with torch.no_grad():
-        explained = torch._dynamo.explain(step)(x, t, hint, ctx)
-        assert explained.graph_break_count == 0 and explained.graph_count == 1
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # decomposed ops: other rounding
-        expected = step(x, t, hint, ctx)
-        assert (compiled(x, t, hint, ctx) - expected).abs().max() <= 1e-3 * expected.abs().max()
+        # fullgraph=True raises at the first graph break; the eager backend runs the captured graph as traced
+        compiled = torch.compile(step, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x, t, hint, ctx), step(x, t, hint, ctx), rtol=1e-6, atol=1e-6)
     torch._dynamo.reset()
 
 
