@@ -143,7 +143,8 @@ class SpatialTransformer(nn.Module):
             x = block(x, context=context)
         if self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        # contiguous: a permuted view is channels-last to the convolution, which then hands its layout on
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
         x += repeat_rows(residual, x.shape[0])
