@@ -112,15 +112,16 @@ def test_auto_dtype_is_bf16_exactly_where_the_cpu_has_amx():
 
 def test_reduced_precision_stores_convolution_weights_channels_last(model):
     """bf16 on CPU: convolution weights channels-last (same values, same Parameters), undone by restore."""
-    model = model.to(torch.bfloat16)
     x, t, hint, ctx = inputs(model)
-    expected = _eps(model, x, t, hint, ctx).float()
+    exact = _eps(model, x, t, hint, ctx)  # float32
+    model = model.to(torch.bfloat16)
+    plain_error = (_eps(model, x, t, hint, ctx).float() - exact).abs().max()
     params = dict(model.named_parameters())
     conv = model.model.diffusion_model.input_blocks[1][0].in_layers[2]
     accel.accelerate_for_inference(model)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     assert all(p is params[name] for name, p in model.named_parameters()) and _swapped(model) == 0
     got = _eps(model, x, t, hint, ctx).float()
-    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()  # bf16 rounding in another order
+    assert (got - exact).abs().max() <= 2 * plain_error  # bf16 rounding in another order, no worse
     accel.restore(model)
     assert conv.weight.is_contiguous()

@@ -108,6 +108,10 @@ class BasicTransformerBlock(nn.Module):
         return h
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class SpatialTransformer(nn.Module):
     """Image features (b, c, h, w) -> tokens -> transformer blocks -> back, with a residual.
 
@@ -143,8 +147,10 @@ class SpatialTransformer(nn.Module):
             x = block(x, context=context)
         if self.use_linear:
             x = self.proj_out(x)
-        # contiguous: a permuted view is channels-last to the convolution, which then hands its layout on
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()
+        # back in the block input's memory layout: the permuted view is channels-last to a convolution, which
+        # would hand that layout on to every following layer of an NCHW model
+        layout = torch.channels_last if _is_channels_last(residual) else torch.contiguous_format
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous(memory_format=layout)
         if not self.use_linear:
             x = self.proj_out(x)
         x += repeat_rows(residual, x.shape[0])
