@@ -147,7 +147,8 @@ def make_parser() -> argparse.ArgumentParser:
                                   "default the bundled tiny model")
     p.add_argument("--base", help="a Stable Diffusion checkpoint, when --ckpt holds only a ControlNet")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", help="fp32, fp16, bf16 or auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto (default): bf16 on CPUs with AMX and on GPUs, else fp32")
     p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, help=f"default 9, or {TINY_GUIDANCE} for the tiny model")

@@ -1,14 +1,11 @@
 """The apps in a real headless Chromium (Playwright): upload and run the Canny app, draw on the interactive
 scribble canvas. Screenshots go to test-artifacts/ for a human to look at."""
-import io
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_support import ARTIFACTS, browser, gallery_image, page  # noqa: F401 (fixtures)
 from apps_support import open_advanced_options, serving, set_number, tiny_checkpoint, tiny_engine, wait_for_gallery
 from conftest import TINY_CLDM
-from PIL import Image
 
 from cldm.app.annotators import Annotators
 from cldm.app.engine import Engine
@@ -17,38 +14,6 @@ from cldm.app.ui import build_demo
 from cldm.app.weights import resolve_model
 
 pytestmark = pytest.mark.browser
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-TIMEOUT_MS = 60_000  # generous: the machine running the tests may be busy
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(TIMEOUT_MS)
-    yield page
-    page.close()
-
-
-def gallery_image(page, url, index) -> np.ndarray:
-    src = page.locator("#gallery img").nth(index).get_attribute("src")
-    with urllib.request.urlopen(src if src.startswith("http") else url.rstrip("/") + src) as response:
-        return np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
 
 
 def test_canny_app_upload_prompt_two_images(page, shared_dir, tmp_path):

@@ -1,14 +1,11 @@
 """The ControlNet 1.1 apps in a real headless Chromium (Playwright), on the tiny test model: the inpaint app
 end to end (upload, draw a mask with the brush, run) and an img2img run of the tile app (Denoising Strength,
 a non-square Width x Height). Screenshots go to test-artifacts/."""
-import io
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_support import ARTIFACTS, browser, gallery_image, page  # noqa: F401 (fixtures)
 from apps_support import open_advanced_options, serving, set_number, tiny_engine, wait_for_gallery
-from PIL import Image
 
 from cldm.app.annotators import Annotators
 from cldm.app.engine import Engine
@@ -17,26 +14,6 @@ from cldm.app.ui_v11 import build_v11_demo
 from cldm.app.weights import DEMO_WEIGHTS, resolve_model
 
 pytestmark = pytest.mark.browser
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-TIMEOUT_MS = 60_000  # generous: the machine running the tests may be busy
-
-
-@pytest.fixture
-def page():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        yield page
-        browser.close()
 
 
 @pytest.fixture
@@ -45,12 +22,6 @@ def dog(shared_dir):
     if not path.is_file():
         pytest.skip(f"{path} not available")
     return path
-
-
-def gallery_image(page, url, index) -> np.ndarray:
-    src = page.locator("#gallery img").nth(index).get_attribute("src")
-    with urllib.request.urlopen(src if src.startswith("http") else url.rstrip("/") + src) as response:
-        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
 
 
 def test_inpaint_app_draw_mask_and_run(page, dog):

@@ -11,13 +11,15 @@ Routes, per machine (``plan_for``):
   - self-attention with >= 128 queries on our AVX-512 kernel (``KernelAttention``);
   - 3x3 stride-1 convolutions on >= 32x32 images by Winograd's F(2x2, 3x3) (``WinogradConv2d``), including
     each upsampler's convolution, which runs on the upsampled image.
-  Measured per route against torch's operators in one process (bench/bench_sampling.py --routes) on an AMD
-  Zen 4 (where they were tuned) and on an Intel Xeon with AVX-512 and AMX (docs/performance.md): both routes
-  win on both CPUs, so both are kept.
+  Measured per route against torch's operators (bench/bench_routes.py) on the AMD Zen 4 they were tuned on
+  (attention 1.15-1.35x, Winograd 1.3-2.0x torch's speed) and on an Intel Xeon with AVX-512 and AMX (attention
+  1.1-1.3x, Winograd 1.2-1.7x, 2 threads): both routes win on both CPUs, so both are kept. Whole 512 px step on
+  the Xeon: 0.92x the plain core's time (docs/performance.md).
 * bfloat16 / float16 on CPU: torch's oneDNN kernels use AMX / AVX-512-BF16 where the CPU has them. The backend
   stores the convolution weights channels-last, so oneDNN's reduced-precision convolutions run on NHWC
-  activations without re-laying out every input and output: 0.88x the step's CPU time on the Intel Xeon (AMX)
-  of docs/performance.md. (Parameters keep their values; ``restore`` puts the plain layout back.)
+  activations without re-laying out every input and output: 0.87-0.89x the plain core's step on the Intel Xeon
+  (AMX) of docs/performance.md; parameters keep their values, ``restore`` puts the plain layout back. (GroupNorms
+  in bf16 instead of the core's float32 round trip were measured too: no gain.)
 * Other devices (CUDA, MPS): nothing; torch's kernels are the right ones.
 Between the ControlNet and the UNet, freed activation memory is handed back to the OS (``release_free_memory``,
 a forward pre-hook on the UNet), which lowers the peak resident memory of a 512 px step on glibc systems.
