@@ -55,3 +55,18 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared (manifests, test images) is not beside the project")
     return SHARED
+
+
+def training_workspace(root: Path, count: int = 8, pretrained: bool = False) -> Path:
+    """A training folder under ``root``: ``count`` Fill50K images of 64 px in ``fill50k/`` and ``control_ini.ckpt``,
+    made by tool_add_control from a tiny random SD (``pretrained``: its zero-initialised layers randomised, as in a
+    trained UNet, so the loss depends on the latents and the context)."""
+    from cldm.model import save_state_dict
+    from training import fill50k
+    from training.control_weights import add_control_cli
+
+    fill50k.generate(str(root / "fill50k"), count=count, size=64, seed=0, workers=1)
+    sd = build_tiny(TINY_LDM)
+    save_state_dict((randomize_zero_convs(sd) if pretrained else sd).state_dict(), str(root / "sd.ckpt"))
+    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
+    return root

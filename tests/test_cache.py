@@ -7,24 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLDM, TINY_LDM, build_tiny, randomize_zero_convs
+from conftest import TINY_CLDM, build_tiny, training_workspace
 
-from cldm.model import save_state_dict
 from training import fill50k
 from training.cache import CachedControlLDM, CachedDataset, build_cache
-from training.control_weights import add_control_cli
 from training.dataset import PromptDataset
 from training.train import main
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    fill50k.generate(str(root / "fill50k"), count=8, size=64, seed=0, workers=1)
-    # A UNet whose output layer is not zero (as a pretrained one): the loss then depends on latents and context.
-    save_state_dict(randomize_zero_convs(build_tiny(TINY_LDM)).state_dict(), str(root / "sd.ckpt"))
-    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
-    return root
+    return training_workspace(tmp_path_factory.mktemp("cache"), count=8, pretrained=True)
 
 
 def _losses(out: Path) -> list:

@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CLDM, TINY_LDM, build_tiny
+from conftest import ROOT, TINY_CLDM, training_workspace
 
-from cldm.model import save_state_dict
-from training import fill50k
-from training.control_weights import add_control_cli
 from training.resume import (AtomicCheckpointIO, ResumableBatchSampler, derive_seed, find_resume_checkpoint,
                              is_complete_checkpoint)
 from training.train import build_parser, check_args, main
@@ -25,11 +22,7 @@ STEPS = 6  # 8 images in batches of 2: 4 batches per epoch, so the run crosses a
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    fill50k.generate(str(root / "fill50k"), count=8, size=64, seed=0, workers=1)
-    save_state_dict(build_tiny(TINY_LDM).state_dict(), str(root / "sd.ckpt"))
-    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
-    return root
+    return training_workspace(tmp_path_factory.mktemp("resume"), count=8)
 
 
 def _argv(workspace: Path, out: Path, *extra: str) -> list:

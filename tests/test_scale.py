@@ -10,20 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CLDM, TINY_LDM, build_tiny, randomize_zero_convs
+from conftest import ROOT, TINY_CLDM, training_workspace
 
-from cldm.model import save_state_dict
-from training import fill50k
-from training.control_weights import add_control_cli
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scale")
-    fill50k.generate(str(root / "fill50k"), count=8, size=64, seed=0, workers=1)
-    save_state_dict(randomize_zero_convs(build_tiny(TINY_LDM)).state_dict(), str(root / "sd.ckpt"))
-    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
-    return root
+    return training_workspace(tmp_path_factory.mktemp("scale"), count=8, pretrained=True)
 
 
 def _argv(workspace: Path, out: Path, *extra: str) -> list:

@@ -8,25 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CLDM, TINY_LDM, build_tiny
+from conftest import TINY_CLDM, training_workspace
 
-from cldm.model import save_state_dict
-from training import fill50k
-from training.control_weights import add_control_cli
 from training.train import main
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("val")
-    fill50k.generate(str(root / "fill50k"), count=4, size=64, seed=0, workers=1)
-    save_state_dict(build_tiny(TINY_LDM).state_dict(), str(root / "sd.ckpt"))
-    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "ini.ckpt")])
-    return root
+    return training_workspace(tmp_path_factory.mktemp("val"), count=4)
 
 
 def _val_rows(workspace: Path, out: Path, *extra: str) -> list:
-    main(["--config", TINY_CLDM, "--resume", str(workspace / "ini.ckpt"), "--data-root", str(workspace / "fill50k"),
+    main(["--config", TINY_CLDM, "--resume", str(workspace / "control_ini.ckpt"), "--data-root", str(workspace / "fill50k"),
           "--output-dir", str(out), "--accelerator", "cpu", "--log-every", "0", "--max-steps", "2", "--batch-size",
           "2", "--loss-every", "1", "--val-every", "2", "--val-samples", "2", "--log-ddim-steps", "2", *extra])
     with open(out / "lightning_logs" / "version_0" / "metrics.csv") as f:

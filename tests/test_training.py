@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CLDM, TINY_LDM, build_tiny
+from conftest import ROOT, TINY_CLDM, build_tiny, training_workspace
 
-from cldm.model import load_state_dict, save_state_dict
-from training import fill50k
-from training.control_weights import add_control_cli
+from cldm.model import load_state_dict
 from training.train import RankSummary, build_model, build_parser, main
 
 LOG_NAMES = ("reconstruction", "control", "conditioning", "samples_cfg_scale_9.00")
@@ -26,11 +24,7 @@ LOG_NAMES = ("reconstruction", "control", "conditioning", "samples_cfg_scale_9.0
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """12 Fill50K images of 64 px and control_ini.ckpt made by tool_add_control from a tiny random SD."""
-    root = tmp_path_factory.mktemp("train")
-    fill50k.generate(str(root / "fill50k"), count=12, size=64, seed=0, workers=1)
-    save_state_dict(build_tiny(TINY_LDM).state_dict(), str(root / "sd.ckpt"))
-    add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
-    return root
+    return training_workspace(tmp_path_factory.mktemp("train"), count=12)
 
 
 def _argv(workspace: Path, output_dir: Path, *extra: str) -> list:
