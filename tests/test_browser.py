@@ -49,7 +49,9 @@ def test_interactive_scribble_canvas_draw_and_run(page):
     with serving(build_demo(TASKS["scribble_interactive"], tiny_engine(), Annotators())) as url:
         page.goto(url, wait_until="networkidle")
         page.get_by_role("button", name="Open drawing canvas!").click()
+        page.wait_for_load_state("networkidle")  # the canvas is rebuilt at its new size
         page.locator("#sketch button[aria-label='Brush']").click()
+        page.wait_for_timeout(500)  # strokes drawn before the brush is live are lost on a busy machine
         box = page.locator("#sketch canvas").first.bounding_box()
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         for dy in (-50, 50):  # two horizontal strokes inside the centred drawing area (few moves: each re-renders)

@@ -1,7 +1,6 @@
 """The README's main command on a fresh checkout: the interactive scribble app on the bundled tiny Fill50K
 model. A real Chromium draws a circle on the canvas, asks for two colours, and the sample must be a disc of
 the first colour where the circle was drawn, on the second colour."""
-import io
 import os
 import subprocess
 import sys
@@ -13,18 +12,15 @@ import cv2
 import numpy as np
 import pytest
 from apps_support import free_port, open_advanced_options, set_number, wait_for_gallery
+from browser_support import ARGS, CHROMIUM, gallery_image, sync_api
 from PIL import Image
 
 from cldm.app.weights import DEMO_WEIGHTS, default_checkpoint
 from training.fill50k import parse_prompt
 
 pytestmark = pytest.mark.browser
-sync_api = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 PROMPT = "red circle with blue background"
 
 
@@ -58,12 +54,6 @@ def demo_app_url():
         app.wait(timeout=30)
 
 
-def gallery_image(page, url, index) -> np.ndarray:
-    src = page.locator("#gallery img").nth(index).get_attribute("src")
-    with urllib.request.urlopen(src if src.startswith("http") else url.rstrip("/") + src) as response:
-        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
-
-
 def drawn_disc(scribble_map: np.ndarray) -> np.ndarray:
     """Inside of the drawn closed stroke (the map shows strokes black on white): flood the outside from a corner."""
     strokes = (scribble_map.min(axis=2) < 128).astype(np.uint8)
@@ -82,7 +72,9 @@ def test_readme_demo_draws_the_prompted_circle(demo_app_url, tmp_path):
         page.goto(demo_app_url, wait_until="networkidle")
         assert "tiny demo model" in page.locator("#banner").inner_text()
         page.get_by_role("button", name="Open drawing canvas!").click()
+        page.wait_for_load_state("networkidle")  # the canvas is rebuilt at its new size
         page.locator("#sketch button[aria-label='Brush']").click()
+        page.wait_for_timeout(500)  # strokes drawn before the brush is live are lost on a busy machine
         box = page.locator("#sketch canvas").first.bounding_box()
         cx, cy, r = box["x"] + box["width"] / 2 - 25, box["y"] + box["height"] / 2 + 15, 70
         angles = np.linspace(0, 2 * np.pi, 41)
