@@ -11,7 +11,6 @@ kernels (it leaves out normalisations, activations and copies entirely).
     python -m bench.roofline --config tests/configs/cldm_tiny.yaml --size 64   # smoke run
 """
 import argparse
-import math
 import statistics
 import time
 from collections import defaultdict

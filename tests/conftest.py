@@ -70,3 +70,18 @@ def training_workspace(root: Path, count: int = 8, pretrained: bool = False) -> 
     save_state_dict((randomize_zero_convs(sd) if pretrained else sd).state_dict(), str(root / "sd.ckpt"))
     add_control_cli("", "", TINY_CLDM, [str(root / "sd.ckpt"), str(root / "control_ini.ckpt")])
     return root
+
+
+DEMO_CONFIG = ROOT / "models" / "tiny_fill50k.yaml"
+DEMO_WEIGHTS = ROOT / "models" / "tiny_fill50k.safetensors"
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The bundled tiny Fill50K model as ``training.eval_fill`` loads it for inference (float32), shared by the
+    tests that sample it; skips where the weights are absent (``python -m training.tiny_recipe`` makes them)."""
+    if not DEMO_WEIGHTS.is_file():
+        pytest.skip(f"{DEMO_WEIGHTS.name} absent (run training.tiny_recipe)")
+    from training.eval_fill import load_model
+
+    return load_model(str(DEMO_CONFIG), str(DEMO_WEIGHTS))

@@ -1,5 +1,4 @@
 """ControlNet behaviour on a tiny model of the real classes (paper section 3 and upstream semantics)."""
-import copy
 
 import pytest
 import torch

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 from apps_support import free_port, tiny_engine
-from conftest import TINY_CLDM, build_tiny
+from conftest import build_tiny
 from PIL import Image
 
 from cldm.app.annotators import Annotators

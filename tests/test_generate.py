@@ -1,16 +1,11 @@
 """cldm.generate: the Python API (text-to-image, img2img, inpainting, resize modes) on the bundled tiny model."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import DEMO_WEIGHTS as WEIGHTS
 from PIL import Image
 
 from cldm.generate import Control, fit_image, generate, load_mask, load_rgb, pixel_perfect_resolution
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "models" / "tiny_fill50k.yaml"
-WEIGHTS = ROOT / "models" / "tiny_fill50k.safetensors"
 
 
 def test_fit_image_modes():
@@ -57,11 +52,8 @@ pytestmark_tiny = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS.na
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from training.eval_fill import load_model
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return load_model(str(CONFIG), str(WEIGHTS))
+def tiny(demo_model):
+    return demo_model
 
 
 @pytest.fixture(scope="module")

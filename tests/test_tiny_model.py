@@ -3,15 +3,9 @@
 Skipped when the weights file is absent (it is produced by ``python -m training.tiny_recipe``). The hints are the
 first 8 held-out outlines of ``training.eval_fill`` (not hand-picked), sampled with 10 DDIM steps: a few seconds.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "models" / "tiny_fill50k.yaml"
-WEIGHTS = ROOT / "models" / "tiny_fill50k.safetensors"
+from conftest import DEMO_WEIGHTS as WEIGHTS
 
 # Issue 6 asks a test to check IoU >= 0.8 on a few fixed hints; the shipped model scores 0.84 on these 8 (10 DDIM
 # steps, guidance 2; models/tiny_fill50k.md has the 100-hint figures). A broken loader or sampler scores ~0.15.
@@ -21,11 +15,8 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS.name} a
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from training.eval_fill import load_model
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return load_model(str(CONFIG), str(WEIGHTS))
+def tiny_model(demo_model):
+    return demo_model
 
 
 @pytest.fixture(scope="module")

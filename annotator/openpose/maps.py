@@ -7,6 +7,15 @@ STRIDE = 8  # output maps are 1/8 of the input
 PAD_VALUE = 128
 
 
+def _net_maps(run_net, resized: np.ndarray) -> list:
+    """``run_net``'s outputs on ``resized`` padded bottom/right to a multiple of 8 with grey 128 and normalised to
+    x / 256 - 0.5, each as an (h/8, w/8, C) float32 array (upstream's input convention, 1.0 and 1.1 alike)."""
+    rh, rw = resized.shape[:2]
+    padded = cv2.copyMakeBorder(resized, 0, -rh % STRIDE, 0, -rw % STRIDE, cv2.BORDER_CONSTANT,
+                                value=(PAD_VALUE,) * 3)
+    return [out[0].permute(1, 2, 0).float().cpu().numpy() for out in run_net(padded.astype(np.float32) / 256 - 0.5)]
+
+
 def cpm_maps(run_net, bgr: np.ndarray, scale: float) -> list:
     """Maps of `run_net` on `bgr` resized by `scale`, each returned as (H, W, C) float32 at `bgr`'s size.
 
@@ -17,11 +26,8 @@ def cpm_maps(run_net, bgr: np.ndarray, scale: float) -> list:
     h, w = bgr.shape[:2]
     resized = cv2.resize(bgr, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     rh, rw = resized.shape[:2]
-    padded = cv2.copyMakeBorder(resized, 0, -rh % STRIDE, 0, -rw % STRIDE, cv2.BORDER_CONSTANT,
-                                value=(PAD_VALUE,) * 3)
     maps = []
-    for out in run_net(padded.astype(np.float32) / 256 - 0.5):
-        small = out[0].permute(1, 2, 0).float().cpu().numpy()
+    for small in _net_maps(run_net, resized):
         full = cv2.resize(small, (0, 0), fx=STRIDE, fy=STRIDE, interpolation=cv2.INTER_CUBIC)[:rh, :rw]
         maps.append(cv2.resize(full, (w, h), interpolation=cv2.INTER_CUBIC))
     return maps
@@ -52,11 +58,8 @@ def cpm_maps_v11(run_net, bgr: np.ndarray, net_size, out_size) -> list:
     area, then `smart_resize`d to `out_size` (h, w). Returns (h, w, C) float32 maps."""
     resized = smart_resize(bgr, *net_size)
     rh, rw = resized.shape[:2]
-    padded = cv2.copyMakeBorder(resized, 0, -rh % STRIDE, 0, -rw % STRIDE, cv2.BORDER_CONSTANT,
-                                value=(PAD_VALUE,) * 3)
     maps = []
-    for out in run_net(padded.astype(np.float32) / 256 - 0.5):
-        small = out[0].permute(1, 2, 0).float().cpu().numpy()
+    for small in _net_maps(run_net, resized):
         full = smart_resize(small, small.shape[0] * STRIDE, small.shape[1] * STRIDE)[:rh, :rw]
         maps.append(smart_resize(full, *out_size))
     return maps

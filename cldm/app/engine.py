@@ -7,7 +7,6 @@ is never modified, so concurrent users cannot see each other's settings.
 """
 import logging
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -16,15 +15,12 @@ import torch
 
 from cldm.app.weights import ModelChoice
 from cldm.cldm import ControlNet, control_mode
-from cldm.generate import Control, generate
+from cldm.generate import LATENT_FACTOR, Control, generate
 from cldm.loading import load_control_weights
 from cldm.model import create_control_net, create_model
 from ldm.accel import accelerate_for_inference, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-RANDOM_SEED_RANGE = (0, 65535)  # what upstream draws from when the seed is -1
-LATENT_FACTOR = 8  # the VAE maps 8x8 pixels to one latent
 
 
 class NoModelError(RuntimeError):
@@ -158,13 +154,12 @@ class Engine:
         if any(u.control_map.shape != (h, w, 3) for u in units) or h % 64 or w % 64:
             raise ValueError(f"control maps must be (H, W, 3) with H, W multiples of 64, got "
                              f"{[u.control_map.shape for u in units]}")
-        seed = random.randint(*RANDOM_SEED_RANGE) if sampling.seed == -1 else sampling.seed
         self._shift(diffusing=False)
         images = generate([Control(u.control_map, u.strength, u.start, u.end, u.mode, u.net) for u in units],
                           sampling.full_prompt(), self.model, negative_prompt=sampling.negative_prompt,
-                          steps=sampling.ddim_steps, sampler="ddim", seed=seed, width=w, height=h,
+                          steps=sampling.ddim_steps, sampler="ddim", seed=sampling.seed, width=w, height=h,
                           guidance_scale=sampling.scale, num_images=sampling.num_samples,
                           guess_mode=sampling.guess_mode, eta=sampling.eta, progress_bar=False,
                           on_phase=self._shift, **image_args,
                           callback=None if on_step is None else lambda info: on_step(info["i"] + 1, info["total"]))
-        return [np.asarray(image) for image in images], seed
+        return [np.asarray(image) for image in images], images[0].info["seed"]  # -1 resolved by generate

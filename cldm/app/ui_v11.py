@@ -15,12 +15,12 @@ import numpy as np
 from annotator.inpaint import inpaint_control, inpaint_preview
 from annotator.util import resize_image
 from cldm.app.annotators import Annotators
-from cldm.app.engine import RANDOM_SEED_RANGE, ControlUnit, Engine, Sampling
+from cldm.app.engine import ControlUnit, Engine, Sampling
 from cldm.app.images import check_upload, to_rgb
 from cldm.app.tasks_v11 import DENOISE, ETA, MASK_BLUR, SEED, AppV11
 from cldm.app.ui import (QUEUE_SIZE, _checked_uploads, _gallery, _header, _image_input, _sampling, advanced_options,
                          event)
-from cldm.generate import RESIZE_MODES, fit_image, load_mask, pixel_perfect_resolution
+from cldm.generate import RANDOM_SEED_RANGE, RESIZE_MODES, fit_image, load_mask, pixel_perfect_resolution
 
 SIZE_STEP = 64  # the sliders' step, as upstream's Image Resolution
 RESIZE_LABELS = {"just_resize": "Just Resize", "crop_and_resize": "Crop and Resize",

@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldm.accel import kernels
 from ldm.modules.attention import ScaledDotProductAttention
-from ldm.modules.diffusionmodules.openaimodel import Upsample, UNetModel
+from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.util import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,11 @@ def _winograd_shaped(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros")
 
 
+# The routes, as the plan names them
+ATTENTION_KERNEL = "attention layers on the AVX-512 kernel"
+WINOGRAD = "3x3 convolutions by Winograd"
 CHANNELS_LAST = "convolution weights stored channels-last"
+RELEASE_MEMORY = "UNets handing freed memory back to the OS before running"
 
 
 @dataclass
@@ -117,7 +120,7 @@ def plan_for(device: torch.device, dtype: torch.dtype, use_kernels: Optional[boo
     elif not kernels.available():
         plan.reasons.append("the kernels could not be built (see the warning above)")
     else:
-        plan.routes = {"attention layers on the AVX-512 kernel": 0, "3x3 convolutions by Winograd": 0}
+        plan.routes = {ATTENTION_KERNEL: 0, WINOGRAD: 0}
     return plan
 
 
@@ -143,7 +146,7 @@ def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = Non
         plan.routes[CHANNELS_LAST] = sum(isinstance(m, nn.Conv2d) for m in model.modules())
         model.to(memory_format=torch.channels_last)
     elif plan.routes:
-        for name, module in list(model.named_modules()):
+        for module in list(model.modules()):
             for child_name, child in list(module.named_children()):
                 swapped = _swap(child, plan)
                 if swapped is not None:
@@ -155,7 +158,7 @@ def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = Non
                 module._release_hook = module.register_forward_pre_hook(_release_before_unet)
                 hooked += 1
     if hooked:
-        plan.routes["UNets handing freed memory back to the OS before running"] = hooked
+        plan.routes[RELEASE_MEMORY] = hooked
     log.info(plan.summary())
     model.acceleration_plan = plan
     return model
@@ -163,10 +166,10 @@ def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = Non
 
 def _swap(child: nn.Module, plan: Plan) -> Optional[nn.Module]:
     if type(child) is ScaledDotProductAttention:
-        plan.routes["attention layers on the AVX-512 kernel"] += 1
+        plan.routes[ATTENTION_KERNEL] += 1
         return _view_of(child, KernelAttention)
     if _winograd_shaped(child):
-        plan.routes["3x3 convolutions by Winograd"] += 1
+        plan.routes[WINOGRAD] += 1
         return _view_of(child, WinogradConv2d)
     return None
 
