@@ -6,12 +6,15 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tests.conftest import build_tiny, randomize_zero_convs
 from tests.test_cldm import cond, inputs
 
 from ldm import accel
-from ldm.accel import cpu, kernels
+from ldm.accel import conv_matmul, cpu, kernels
 from ldm.accel.cpu import KernelAttention, WinogradConv2d
+from ldm.modules.diffusionmodules.util import GroupNorm32
 from ldm.util import count_params
 
 
@@ -125,3 +128,92 @@ def test_reduced_precision_stores_convolution_weights_channels_last(model):
     assert (got - exact).abs().max() <= 2 * plain_error  # bf16 rounding in another order, no worse
     accel.restore(model)
     assert conv.weight.is_contiguous()
+
+
+def _conv_case(dtype, channels_last, stride, in_channels=conv_matmul.MIN_CHANNELS, side=8, batch=2):
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(in_channels, 16, 3, stride=stride, padding=1).to(dtype)
+    with torch.no_grad():
+        conv.weight.normal_(generator=g)
+    x = torch.randn(batch, in_channels, side, side + 2, generator=g).to(dtype)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    return conv, x
+
+
+@pytest.mark.parametrize("dtype, channels_last", [(torch.float32, False), (torch.float32, True),
+                                                  (torch.bfloat16, True)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_convolution_as_one_matrix_product_is_the_convolution(dtype, channels_last, stride):
+    """Shape, layout and value of F.conv2d's, no further from the float64 result than torch's own."""
+    conv, x = _conv_case(dtype, channels_last, stride)
+    with torch.no_grad():
+        assert conv_matmul.supported(x, conv.weight, stride)
+        got = conv_matmul.conv3x3(x, conv.weight, conv.bias, stride)
+        expected = conv(x)
+        exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride, 1)
+    assert got.shape == expected.shape and got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch_error = (expected.double() - exact).abs().max()
+    assert (got.double() - exact).abs().max() <= max(2 * torch_error, 1e-6 * exact.abs().max())
+
+
+def test_matrix_product_route_only_where_it_wins_and_no_graph_is_recorded():
+    conv, x = _conv_case(torch.float32, False, 1)
+    assert conv_matmul.shaped(conv)
+    assert not conv_matmul.shaped(nn.Conv2d(conv_matmul.MIN_CHANNELS // 2, 16, 3, padding=1))
+    assert not conv_matmul.shaped(nn.Conv2d(conv_matmul.MIN_CHANNELS, 16, 1))
+    assert not conv_matmul.supported(x, conv.weight, 1)  # the weight's gradient: a graph to record
+    with torch.no_grad():
+        big = torch.zeros(1, conv_matmul.MIN_CHANNELS, 32, 32)  # 1024 output pixels: the gather loses
+        assert conv_matmul.supported(x, conv.weight, 1) and not conv_matmul.supported(big, conv.weight, 1)
+        assert not conv_matmul.supported(x.to(memory_format=torch.channels_last), conv.weight, 1)
+        assert not conv_matmul.supported(x.bfloat16(), conv.weight.bfloat16(), 1)  # bf16 wants NHWC
+        assert not conv_matmul.supported(torch.zeros(2, 16, 8, 8), torch.zeros(16, 16, 3, 3), 1)  # light weight
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not conv_matmul.supported(x, conv.weight, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_heavy_convolutions_take_the_matrix_product_route(dtype):
+    conv, x = _conv_case(dtype, False, 1)
+    net = nn.Sequential(conv)
+    with torch.no_grad():
+        expected = net(x)
+        accel.accelerate_for_inference(net)
+        if dtype == torch.bfloat16:  # the backend laid the weight out channels-last; the UNet's activations follow
+            x = x.to(memory_format=torch.channels_last)
+        assert isinstance(net[0], cpu.MatmulConv2d) and net[0].weight is conv.weight
+        assert conv_matmul.supported(x, conv.weight, 1)
+        assert f"1 {cpu.MATMUL_CONV}" in net.acceleration_plan.summary()
+        got = net(x)
+        torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.05 * expected.abs().max().item())
+        conv.weight.zero_()  # nothing cached: the edit is seen at once
+        assert torch.equal(net(x), conv.bias[:, None, None].expand_as(got))
+    accel.restore(net)
+    assert type(net[0]) is nn.Conv2d and net[0] is conv
+
+
+def test_reduced_precision_group_norms_skip_the_float32_copy(model):
+    """bf16 on CPU: GroupNorm32 runs in bf16 (float32 statistics), within bf16 rounding of the float32 round
+    trip; float32 models keep the plain GroupNorm32."""
+    norm = model.model.diffusion_model.out[0]
+    assert type(norm) is GroupNorm32
+    accel.accelerate_for_inference(copy.deepcopy(model))
+    model = model.to(torch.bfloat16)
+    x = torch.randn(2, norm.num_channels, 8, 8).bfloat16() * 3
+    with torch.no_grad():
+        expected = norm(x)
+        accel.accelerate_for_inference(model)
+        fast = model.model.diffusion_model.out[0]
+        assert isinstance(fast, cpu.ReducedPrecisionGroupNorm) and fast.weight is norm.weight
+        got = fast(x)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected.float()).abs().max() <= 2 * 2 ** -8 * expected.float().abs().max()
+    accel.restore(model)
+    assert type(model.model.diffusion_model.out[0]) is GroupNorm32
+
+
+def test_float32_model_keeps_its_group_norms(model):
+    accel.accelerate_for_inference(model)
+    assert not any(isinstance(m, cpu.ReducedPrecisionGroupNorm) for m in model.modules())

@@ -18,8 +18,14 @@ Routes, per machine (``plan_for``):
 * bfloat16 / float16 on CPU: torch's oneDNN kernels use AMX / AVX-512-BF16 where the CPU has them. The backend
   stores the convolution weights channels-last, so oneDNN's reduced-precision convolutions run on NHWC
   activations without re-laying out every input and output: 0.87-0.89x the plain core's step on the Intel Xeon
-  (AMX) of docs/performance.md; parameters keep their values, ``restore`` puts the plain layout back. (GroupNorms
-  in bf16 instead of the core's float32 round trip were measured too: no gain.)
+  (AMX) of docs/performance.md; parameters keep their values, ``restore`` puts the plain layout back. Group norms
+  run in the activations' precision (``ReducedPrecisionGroupNorm``: torch's CPU kernel keeps float32
+  statistics), which drops two casts of every normalised activation (3-5x the norm's own time).
+* float32 and bfloat16 on any CPU: weight-heavy 3x3 convolutions on small images (>= 1280 input channels, at
+  most 576 output pixels: the 16x16 and 8x8 levels at 512 px) as one matrix product (``ldm.accel.conv_matmul``,
+  ``MatmulConv2d``), which spares oneDNN's per-call weight reorder: 0.2-0.9x torch's time per layer, the whole
+  512 px step about 0.94x the backend's time without it (bf16 and fp32), on the Intel Xeon (AVX-512, AMX) only so
+  far; re-measure elsewhere with ``python -m bench.bench_routes``.
 * Other devices (CUDA, MPS): nothing; torch's kernels are the right ones.
 Between the ControlNet and the UNet, freed activation memory is handed back to the OS (``release_free_memory``,
 a forward pre-hook on the UNet), which lowers the peak resident memory of a 512 px step on glibc systems.
@@ -31,11 +37,13 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ldm.accel import kernels
+from ldm.accel import conv_matmul, kernels
 from ldm.modules.attention import ScaledDotProductAttention
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from ldm.modules.diffusionmodules.util import GroupNorm32
 from ldm.util import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -59,13 +67,34 @@ class KernelAttention(ScaledDotProductAttention):
         return super().forward(q, k, v, heads)
 
 
-class WinogradConv2d(nn.Conv2d):
-    """A 3x3 / stride 1 / padding 1 ``nn.Conv2d`` that runs Winograd's F(2x2, 3x3) kernel on large enough
-    float32 inputs without a graph to record, and ``nn.Conv2d`` otherwise."""
+class MatmulConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that runs as one matrix product where ``ldm.accel.conv_matmul`` wins (weight-heavy 3x3
+    convolutions on small images, no graph to record), and as ``nn.Conv2d`` otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if conv_matmul.supported(x, self.weight, self.stride[0]):
+            return conv_matmul.conv3x3(x, self.weight, self.bias, self.stride[0])
+        return super().forward(x)
+
+
+class WinogradConv2d(MatmulConv2d):
+    """A 3x3 / stride 1 / padding 1 convolution that runs Winograd's F(2x2, 3x3) kernel on large enough
+    float32 inputs without a graph to record, and ``MatmulConv2d`` otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.winograd_supported(x, self.weight, self.bias):
             return kernels.winograd_conv3x3(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+class ReducedPrecisionGroupNorm(GroupNorm32):
+    """``GroupNorm32`` without its float32 round trip for bfloat16 / float16 activations on the CPU: torch's CPU
+    kernel accumulates their statistics in float32 itself, so only the two casts of the whole activation go,
+    which cost 3-5x the norm. The result differs from the round trip by output rounding (1 ulp)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
 
@@ -79,6 +108,8 @@ def _winograd_shaped(conv: nn.Module) -> bool:
 ATTENTION_KERNEL = "attention layers on the AVX-512 kernel"
 WINOGRAD = "3x3 convolutions by Winograd"
 CHANNELS_LAST = "convolution weights stored channels-last"
+GROUP_NORM = "group norms without a float32 copy of their input"
+MATMUL_CONV = "weight-heavy 3x3 convolutions as one matrix product on small images"
 RELEASE_MEMORY = "UNets handing freed memory back to the OS before running"
 
 
@@ -104,13 +135,16 @@ def plan_for(device: torch.device, dtype: torch.dtype, use_kernels: Optional[boo
         plan.reasons.append(f"torch's own kernels are the right ones on {device.type}")
         return plan
     if dtype in (torch.bfloat16, torch.float16):
-        plan.routes = {CHANNELS_LAST: 0}
+        plan.routes = {CHANNELS_LAST: 0, GROUP_NORM: 0}
+        if dtype in conv_matmul.DTYPES:
+            plan.routes[MATMUL_CONV] = 0
         plan.reasons.append(f"our kernels are float32 only; {str(dtype).replace('torch.', '')} runs on torch's "
                             f"oneDNN kernels{' with AMX' if cpu_has_amx() else ''}")
         return plan
     if dtype != torch.float32:
         plan.reasons.append(f"nothing for {dtype}")
         return plan
+    plan.routes = {MATMUL_CONV: 0}
     if use_kernels is False:
         plan.reasons.append("kernels turned off by the caller")
     elif not kernels.enabled():
@@ -120,7 +154,7 @@ def plan_for(device: torch.device, dtype: torch.dtype, use_kernels: Optional[boo
     elif not kernels.available():
         plan.reasons.append("the kernels could not be built (see the warning above)")
     else:
-        plan.routes = {ATTENTION_KERNEL: 0, WINOGRAD: 0}
+        plan.routes.update({ATTENTION_KERNEL: 0, WINOGRAD: 0})
     return plan
 
 
@@ -145,7 +179,7 @@ def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = Non
     if CHANNELS_LAST in plan.routes:
         plan.routes[CHANNELS_LAST] = sum(isinstance(m, nn.Conv2d) for m in model.modules())
         model.to(memory_format=torch.channels_last)
-    elif plan.routes:
+    if plan.routes:
         for module in list(model.modules()):
             for child_name, child in list(module.named_children()):
                 swapped = _swap(child, plan)
@@ -165,13 +199,21 @@ def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = Non
 
 
 def _swap(child: nn.Module, plan: Plan) -> Optional[nn.Module]:
-    if type(child) is ScaledDotProductAttention:
+    if GROUP_NORM in plan.routes and type(child) is GroupNorm32:
+        plan.routes[GROUP_NORM] += 1
+        return _view_of(child, ReducedPrecisionGroupNorm)
+    if ATTENTION_KERNEL in plan.routes and type(child) is ScaledDotProductAttention:
         plan.routes[ATTENTION_KERNEL] += 1
         return _view_of(child, KernelAttention)
-    if _winograd_shaped(child):
+    if type(child) is not nn.Conv2d:
+        return None
+    matmul = MATMUL_CONV in plan.routes and conv_matmul.shaped(child)
+    if matmul:
+        plan.routes[MATMUL_CONV] += 1
+    if WINOGRAD in plan.routes and _winograd_shaped(child):
         plan.routes[WINOGRAD] += 1
-        return _view_of(child, WinogradConv2d)
-    return None
+        return _view_of(child, WinogradConv2d)  # which takes the matrix product route on small images too
+    return _view_of(child, MatmulConv2d) if matmul else None
 
 
 def _release_before_unet(module, args):
@@ -181,10 +223,11 @@ def _release_before_unet(module, args):
 
 def restore(model: nn.Module) -> nn.Module:
     """Undo ``accelerate_for_inference``: the plain layers back in place (they share the parameters, so any
-    weight edit made meanwhile is kept); returns ``model``."""
-    plan = getattr(model, "acceleration_plan", None)
-    if plan is not None and plan.routes.get(CHANNELS_LAST):
-        model.to(memory_format=torch.contiguous_format)
+    weight edit made meanwhile is kept), on ``model`` and any part of it that was accelerated; returns ``model``."""
+    for module in list(model.modules()):
+        plan = module.__dict__.pop("acceleration_plan", None)
+        if plan is not None and plan.routes.get(CHANNELS_LAST):
+            module.to(memory_format=torch.contiguous_format)
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             plain = getattr(child, "_plain", None)
@@ -194,5 +237,4 @@ def restore(model: nn.Module) -> nn.Module:
         if hook is not None:
             hook.remove()
             module._release_hook = None
-    model.__dict__.pop("acceleration_plan", None)
     return model

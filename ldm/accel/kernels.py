@@ -128,7 +128,8 @@ def available() -> bool:
 
 def _inference_on_cpu_float32(*tensors: torch.Tensor) -> bool:
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and not torch.is_autocast_enabled("cpu"))  # under autocast torch's operators run in bf16
 
 
 def attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

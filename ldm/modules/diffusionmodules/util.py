@@ -66,7 +66,7 @@ def repeat_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
         return x
     if rows % x.shape[0]:
         raise ValueError(f"cannot tile {x.shape[0]} rows to {rows}: contexts must be a multiple of the latents")
-    return x.repeat(rows // x.shape[0], *(1,) * (x.ndim - 1))
+    return torch.cat([x] * (rows // x.shape[0]))  # keeps x's memory layout (channels-last), unlike repeat
 
 
 def maybe_checkpoint(fn, *args, enabled: bool):
