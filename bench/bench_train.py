@@ -8,7 +8,8 @@ step (VAE encode, text encode, noise, forward, MSE loss, backward, AdamW step) a
     ours_unlocked       ControlNet + SD UNet decoder trained (sd_locked=False)
     unet_finetune       no ControlNet: the whole SD UNet trained (the paper's "fine-tuning SD" baseline)
     diffusers           diffusers' train_controlnet.py step: ControlNetModel trained, UNet/VAE/CLIP frozen, same
-                        weights converted; no gradient checkpointing (the script's default)
+                        weights converted; no gradient checkpointing and torch's default AdamW (the script's
+                        defaults; ours take the optimizer their training takes, ``configure_optimizers``: fused AdamW)
     diffusers_ckpt      the same with gradient checkpointing (the script's --gradient_checkpointing)
 
 Step times come from one process, variants interleaved round by round so machine load hits all alike; the
@@ -45,8 +46,10 @@ class Variant:
     """A training step: ``loss_fn`` runs the forward pass; ``prepare`` sets the shared model up for it."""
 
     def __init__(self, params: List[torch.nn.Parameter], loss_fn: Callable[[], torch.Tensor],
-                 prepare: Callable[[], None] = lambda: None):
+                 prepare: Callable[[], None] = lambda: None,
+                 adamw: Optional[Callable[[], torch.optim.Optimizer]] = None):
         self.params, self.loss_fn, self.prepare = params, loss_fn, prepare
+        self.adamw = adamw or (lambda: torch.optim.AdamW(self.params, lr=1e-5))
 
     def step(self, optimizer: torch.optim.Optimizer) -> float:
         self.prepare()
@@ -57,8 +60,9 @@ class Variant:
         return loss.item()
 
     def optimizer(self, kind: str = "adamw") -> torch.optim.Optimizer:
-        """AdamW as in training; plain SGD (no state) only to time variants whose AdamW state cannot fit."""
-        return torch.optim.AdamW(self.params, lr=1e-5) if kind == "adamw" else torch.optim.SGD(self.params, lr=1e-5)
+        """AdamW as the implementation trains; plain SGD (no state) only to time variants whose AdamW state cannot
+        fit."""
+        return self.adamw() if kind == "adamw" else torch.optim.SGD(self.params, lr=1e-5)
 
 
 def make_batch(size: int) -> dict:
@@ -78,8 +82,13 @@ def ours_variants(model, batch: dict, names) -> Dict[str, Variant]:
         def prepare():
             model.sd_locked = locked  # re-applies requires_grad (another variant may have changed it)
             set_grad_checkpointing(model, checkpointing)
+        def adamw():  # the optimizer our training takes (configure_optimizers), for this variant's parameters
+            prepare()
+            return model.configure_optimizers()
+
         prepare()
-        return Variant([p for p in model.trainable_parameters()], lambda: model.shared_step(batch)[0], prepare)
+        return Variant([p for p in model.trainable_parameters()], lambda: model.shared_step(batch)[0], prepare,
+                       adamw)
 
     def unet_finetune_loss() -> torch.Tensor:
         z, c = model.get_input(batch, model.first_stage_key)  # VAE and text encoder without graph, as in training
@@ -177,12 +186,19 @@ def build_variants(config_path: str, size: int, names) -> Dict[str, Variant]:
     return {name: variants[name] for name in names}
 
 
-def time_interleaved(variants: Dict[str, Variant], warmup: int, repeats: int,
-                     optimizer_kind: str = "adamw") -> Dict[str, List[float]]:
+def time_interleaved(variants: Dict[str, Variant], warmup: int, repeats: int, optimizer_kind: str = "adamw",
+                     keep_optimizers: bool = False) -> Dict[str, List[float]]:
+    """Step times per variant, round by round. Each step gets a fresh optimizer (see the module docstring), or
+    with ``keep_optimizers`` each variant keeps one for the whole run, as training does (state allocated in
+    the warm-up rounds; needs the memory of every variant's optimizer state at once)."""
     times = {name: [] for name in variants}
+    kept = {}
     for round_ in range(warmup + repeats):
         for name, variant in variants.items():
-            optimizer = variant.optimizer(optimizer_kind)  # freed after the step: see the module docstring
+            if keep_optimizers:
+                optimizer = kept.setdefault(name, variant.optimizer(optimizer_kind))
+            else:
+                optimizer = variant.optimizer(optimizer_kind)
             start = time.perf_counter()
             variant.step(optimizer)
             elapsed = time.perf_counter() - start
@@ -261,6 +277,9 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
                         help="of the timed steps; sgd keeps no state (times variants too big for AdamW here)")
+    parser.add_argument("--keep-optimizers", action="store_true",
+                        help="each variant keeps its optimizer across rounds, as training does (time without the "
+                             "first step's state allocation; holds every variant's optimizer state at once)")
     parser.add_argument("--mem-cap-gb", type=float, default=None,
                         help="kill a child above this RSS (default: free memory now less 1.5 GiB)")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -283,7 +302,7 @@ def main() -> None:
 
     memory = {} if args.no_memory else {name: peak_memory(args, name, cap) for name in names}
     times = time_interleaved(build_variants(args.config, args.size, names), args.warmup, args.repeats,
-                             args.optimizer)
+                             args.optimizer, args.keep_optimizers)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     for name in names:
         runs = ", ".join(f"{t:.2f}" for t in times[name])

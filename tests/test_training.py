@@ -16,6 +16,7 @@ import torch
 from conftest import ROOT, TINY_CLDM, build_tiny, training_workspace
 
 from cldm.model import load_state_dict
+from ldm.models.diffusion.ddpm import fused_adamw_runs
 from training.train import RankSummary, build_model, build_parser, main
 
 LOG_NAMES = ("reconstruction", "control", "conditioning", "samples_cfg_scale_9.00")
@@ -97,6 +98,28 @@ def test_model_options(workspace, tmp_path):
     trained = {id(p) for p in model.configure_optimizers().param_groups[0]["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
     assert any(id(p) in trained for p in model.model.diffusion_model.output_blocks.parameters())
+
+
+def test_fused_adamw_takes_the_same_step_as_adamw(workspace, tmp_path):
+    """configure_optimizers takes torch's fused AdamW on the CPU; its update is AdamW's to float32 rounding."""
+    model = build_model(build_parser().parse_args(_argv(workspace, tmp_path)))
+    fused = model.configure_optimizers()
+    assert fused.defaults["fused"]
+    params = fused.param_groups[0]["params"]
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    start = [p.detach().clone() for p in params]
+    plain = torch.optim.AdamW(reference, lr=model.learning_rate, foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(params, reference):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        fused.step()
+        plain.step()
+    moved = max((p - q).abs().max().item() for p, q in zip(params, reference))
+    assert moved < 1e-6
+    assert min((p - s).abs().max().item() for p, s in zip(params, start)) > 1e-6  # every parameter moved
+    assert not fused_adamw_runs([torch.zeros(2, dtype=torch.int64)]) and not fused_adamw_runs([])
 
 
 @pytest.mark.slow
