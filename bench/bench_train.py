@@ -20,6 +20,7 @@ estimated memory exceeds what the machine has free is skipped, and a child proce
 
     python -m bench.bench_train                          # full size: minutes per step on 2 cores, 10+ GB
     python -m bench.bench_train --config tests/configs/cldm_tiny.yaml --size 64      # smoke run, seconds
+    python -m bench.bench_train --presets --size 512     # the --memory-preset table (bench/bench_presets.py)
 """
 import argparse
 import json
@@ -282,8 +283,13 @@ def main() -> None:
                              "first step's state allocation; holds every variant's optimizer state at once)")
     parser.add_argument("--mem-cap-gb", type=float, default=None,
                         help="kill a child above this RSS (default: free memory now less 1.5 GiB)")
+    parser.add_argument("--presets", action="store_true",
+                        help="print the --memory-preset table instead, at --config and --size (bench/bench_presets.py)")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.presets:
+        from bench import bench_presets
+        return bench_presets.main(["--config", args.config, "--size", str(args.size)])
     if args.memory_of:
         return memory_child(args)
 
