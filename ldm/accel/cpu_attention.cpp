@@ -1,15 +1,18 @@
-// Multi-head softmax attention in float32 for x86-64 CPUs with AVX-512F (see cpu_kernels.py for why).
+// Multi-head softmax attention in float32 for x86-64 CPUs with AVX-512F (see kernels.py for why).
 //
 // out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h, :] . k[b, j, h, :]) v[b, j, h, :]
 //
 // Layout of the computation: each unit of work is one (batch, head) and a block of 64 queries, which sit in
 // the 16 lanes of four vectors. Keys go by in blocks of KEY_BLOCK with an online softmax (running maximum and
 // sum per query, as in flash attention), so no score matrix larger than KEY_BLOCK x 64 ever exists:
-//   scores  S[j][i]  = sum_d k[j][d] * Qt[d][i]    (k broadcast from its own rows, Qt the transposed query block)
-//   weights P[j][i]  = exp(S[j][i] - max)          (in place; the maximum runs down the keys, lane by lane)
-//   output  Ot[d][i] = alpha Ot[d][i] + sum_j v[j][d] * P[j][i]
+//   scores  S[j][i]  = sum_d K[j][d] * Qt[d][i]    (K broadcast from its rows, Qt the transposed query block)
+//   weights P[j][i]  = 2^(S[j][i] - max)           (in place; log2(e) is folded into Qt with the scale)
+//   output  Ot[d][i] = alpha Ot[d][i] + sum_j V[j][d] * P[j][i]
 // Both products broadcast one k or v element against whole query vectors, so any head width runs without
-// padding, and q, k and v are read where they lie (strided (batch, token, head) views of the projections).
+// padding. q is read where it lies (a strided (batch, token, head) view of its projection); each head's keys
+// and values are first copied into contiguous rows (K, V), once per head and thread: read in place, the rows of
+// a 4096-token sequence lie 1280 bytes apart and fall into so few cache sets that they evict one another (the
+// 64x64 level of SD1.5 at 512 px ran 1.5x slower so on an Intel Xeon).
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -25,28 +28,25 @@ constexpr int KEY_BLOCK = 128;  // 128 x 64 scores: 32 KB, an L1 data cache
 constexpr int SCORE_KEYS = 6;   // register tile of the score product: 6 keys x 4 query vectors
 constexpr int OUTPUT_DIMS = 5;  // register tile of the output product: 5 head dims x 4 query vectors
 
-// exp(x) to ~1 ulp: x = n ln2 + r with |r| <= ln2 / 2, a degree-7 Taylor polynomial for exp(r), times 2^n.
-inline __m512 exp_ps(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // exp(-104) is below float's smallest subnormal
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 in two parts
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+// 2^x to ~2 ulp, for x <= 0 (softmax weights in base 2; -inf gives 0): x = n + f with n an integer and
+// |f| <= 1/2, 2^f by a degree-6 polynomial (coefficients fitted to its relative error on [-1/2, 1/2]), times 2^n.
+inline __m512 exp2_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));  // 2^-150 is below float's smallest subnormal
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.534579787403345e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930903688073e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618489071726799e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328642129898e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022646248340607f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931471824645996f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
 
-// S[r][:] = sum_d k[r][d] * Qt[d][:] for R consecutive keys.
+// S[r][:] = sum_d k[r][d] * Qt[d][:] for R consecutive keys; their maximum joins `maximum`, lane by lane.
 template <int R>
-inline void score_tile(const float* k, int64_t k_row, const float* Qt, int D, float* S) {
+inline void score_tile(const float* k, int64_t k_row, const float* Qt, int D, float* S, __m512* maximum) {
     __m512 acc[R][QUERY_VECTORS];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -59,7 +59,10 @@ inline void score_tile(const float* k, int64_t k_row, const float* Qt, int D, fl
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < QUERY_VECTORS; ++c) _mm512_store_ps(S + r * QUERY_BLOCK + 16 * c, acc[r][c]);
+        for (int c = 0; c < QUERY_VECTORS; ++c) {
+            _mm512_store_ps(S + r * QUERY_BLOCK + 16 * c, acc[r][c]);
+            maximum[c] = _mm512_max_ps(maximum[c], acc[r][c]);
+        }
 }
 
 // Ot[r][:] = alpha * Ot[r][:] + sum_j v[j][r] * P[j][:] for R consecutive head dims. Each key block's sum
@@ -86,9 +89,9 @@ inline void output_tile(const float* v, int64_t v_row, const float* P, int keys,
 
 // The last, narrower tiles: dispatch a run-time count below the full tile to its compiled size.
 template <int R>
-inline void score_tile_n(int n, const float* k, int64_t k_row, const float* Qt, int D, float* S) {
-    if (n == R) score_tile<R>(k, k_row, Qt, D, S);
-    else if constexpr (R > 1) score_tile_n<R - 1>(n, k, k_row, Qt, D, S);
+inline void score_tile_n(int n, const float* k, int64_t k_row, const float* Qt, int D, float* S, __m512* maximum) {
+    if (n == R) score_tile<R>(k, k_row, Qt, D, S, maximum);
+    else if constexpr (R > 1) score_tile_n<R - 1>(n, k, k_row, Qt, D, S, maximum);
 }
 
 template <int R>
@@ -109,10 +112,13 @@ struct Problem {
 struct Work {
     const Problem* problem;
     int64_t first_unit, end_unit;
-    float* scratch;  // 64-byte aligned, scratch_floats(dim) floats
+    float* scratch;  // 64-byte aligned, scratch_floats(dim, keys) floats
 };
 
-inline int64_t scratch_floats(int64_t dim) { return (2 * dim + KEY_BLOCK) * QUERY_BLOCK; }
+// Qt, Ot and S, then one head's keys and values packed (their rows contiguous), rounded to 16 floats.
+inline int64_t scratch_floats(int64_t dim, int64_t keys) {
+    return (2 * dim + KEY_BLOCK) * QUERY_BLOCK + (2 * keys * dim + 15) / 16 * 16;
+}
 
 void run_units(const Work* arg) {
     const Work& work = *arg;
@@ -122,20 +128,31 @@ void run_units(const Work* arg) {
     float* Qt = work.scratch;                // D x 64 queries, transposed and scaled
     float* Ot = Qt + D * QUERY_BLOCK;         // D x 64 outputs, transposed, not yet divided by the sum
     float* S = Ot + D * QUERY_BLOCK;          // KEY_BLOCK x 64 scores, then weights
+    float* K = S + KEY_BLOCK * QUERY_BLOCK;   // keys x D, then the values
+    float* V = K + p.keys * D;
+    int64_t packed_head = -1;
     alignas(64) float inv_sum[QUERY_BLOCK];
+    const float scale2 = p.scale * 1.4426950408889634f;
     for (int64_t unit = work.first_unit; unit < work.end_unit; ++unit) {
         const int64_t bh = unit / query_blocks, b = bh / p.heads, h = bh % p.heads;
         const int64_t q0 = unit % query_blocks * QUERY_BLOCK;
         const int nq = (int)(p.queries - q0 < QUERY_BLOCK ? p.queries - q0 : QUERY_BLOCK);
         const float* q = p.q + b * p.q_stride[0] + q0 * p.q_stride[1] + h * p.q_stride[2];
-        const float* k = p.k + b * p.k_stride[0] + h * p.k_stride[2];
-        const float* v = p.v + b * p.v_stride[0] + h * p.v_stride[2];
+        if (bh != packed_head) {  // a new head: copy its keys and values into K and V
+            packed_head = bh;
+            const float* k_src = p.k + b * p.k_stride[0] + h * p.k_stride[2];
+            const float* v_src = p.v + b * p.v_stride[0] + h * p.v_stride[2];
+            for (int64_t j = 0; j < p.keys; ++j) {
+                memcpy(K + j * D, k_src + j * p.k_stride[1], sizeof(float) * D);
+                memcpy(V + j * D, v_src + j * p.v_stride[1], sizeof(float) * D);
+            }
+        }
         float* out = p.out + b * p.out_stride[0] + q0 * p.out_stride[1] + h * p.out_stride[2];
-        const int64_t k_row = p.k_stride[1], v_row = p.v_stride[1];
 
-        for (int d = 0; d < D; ++d)  // the scale is folded into the queries; missing queries are zeros
+        // the scale and log2(e) are folded into the queries (scores in base 2); missing queries are zeros
+        for (int d = 0; d < D; ++d)
             for (int i = 0; i < QUERY_BLOCK; ++i)
-                Qt[d * QUERY_BLOCK + i] = i < nq ? q[i * p.q_stride[1] + d] * p.scale : 0.0f;
+                Qt[d * QUERY_BLOCK + i] = i < nq ? q[i * p.q_stride[1] + d] * scale2 : 0.0f;
         memset(Ot, 0, sizeof(float) * D * QUERY_BLOCK);
         __m512 running_max[QUERY_VECTORS], running_sum[QUERY_VECTORS];
         for (int c = 0; c < QUERY_VECTORS; ++c) {
@@ -145,37 +162,35 @@ void run_units(const Work* arg) {
 
         for (int64_t j0 = 0; j0 < p.keys; j0 += KEY_BLOCK) {
             const int nk = (int)(p.keys - j0 < KEY_BLOCK ? p.keys - j0 : KEY_BLOCK);
-            const float* kb = k + j0 * k_row;
-            int j = 0;
-            for (; j + SCORE_KEYS <= nk; j += SCORE_KEYS)
-                score_tile<SCORE_KEYS>(kb + j * k_row, k_row, Qt, D, S + j * QUERY_BLOCK);
-            if (j < nk) score_tile_n<SCORE_KEYS - 1>(nk - j, kb + j * k_row, k_row, Qt, D, S + j * QUERY_BLOCK);
-
+            const float* kb = K + j0 * D;
             __m512 block_max[QUERY_VECTORS], alpha[QUERY_VECTORS], block_sum[QUERY_VECTORS];
             for (int c = 0; c < QUERY_VECTORS; ++c) block_max[c] = running_max[c];
-            for (j = 0; j < nk; ++j)
-                for (int c = 0; c < QUERY_VECTORS; ++c)
-                    block_max[c] = _mm512_max_ps(block_max[c], _mm512_load_ps(S + j * QUERY_BLOCK + 16 * c));
+            int j = 0;
+            for (; j + SCORE_KEYS <= nk; j += SCORE_KEYS)
+                score_tile<SCORE_KEYS>(kb + j * D, D, Qt, D, S + j * QUERY_BLOCK, block_max);
+            if (j < nk)
+                score_tile_n<SCORE_KEYS - 1>(nk - j, kb + j * D, D, Qt, D, S + j * QUERY_BLOCK, block_max);
+
             for (int c = 0; c < QUERY_VECTORS; ++c) {
-                alpha[c] = exp_ps(_mm512_sub_ps(running_max[c], block_max[c]));  // rescales what came before
+                alpha[c] = exp2_ps(_mm512_sub_ps(running_max[c], block_max[c]));  // rescales what came before
                 running_max[c] = block_max[c];
                 block_sum[c] = _mm512_setzero_ps();
             }
             for (j = 0; j < nk; ++j)
                 for (int c = 0; c < QUERY_VECTORS; ++c) {
                     float* s = S + j * QUERY_BLOCK + 16 * c;
-                    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_load_ps(s), block_max[c]));
+                    const __m512 e = exp2_ps(_mm512_sub_ps(_mm512_load_ps(s), block_max[c]));
                     _mm512_store_ps(s, e);
                     block_sum[c] = _mm512_add_ps(block_sum[c], e);
                 }
             for (int c = 0; c < QUERY_VECTORS; ++c)
                 running_sum[c] = _mm512_fmadd_ps(running_sum[c], alpha[c], block_sum[c]);
 
-            const float* vb = v + j0 * v_row;
+            const float* vb = V + j0 * D;
             int d = 0;
             for (; d + OUTPUT_DIMS <= D; d += OUTPUT_DIMS)
-                output_tile<OUTPUT_DIMS>(vb + d, v_row, S, nk, alpha, Ot + d * QUERY_BLOCK);
-            if (d < D) output_tile_n<OUTPUT_DIMS - 1>(D - d, vb + d, v_row, S, nk, alpha, Ot + d * QUERY_BLOCK);
+                output_tile<OUTPUT_DIMS>(vb + d, D, S, nk, alpha, Ot + d * QUERY_BLOCK);
+            if (d < D) output_tile_n<OUTPUT_DIMS - 1>(D - d, vb + d, D, S, nk, alpha, Ot + d * QUERY_BLOCK);
         }
 
         for (int c = 0; c < QUERY_VECTORS; ++c)
@@ -203,7 +218,7 @@ extern "C" int controlnet_attention_f32(const float* q, const float* k, const fl
     const int64_t units = batch * heads * ((queries + QUERY_BLOCK - 1) / QUERY_BLOCK);
     if (threads > units) threads = (int)units;
     if (threads < 1) threads = 1;
-    const int64_t per_thread = scratch_floats(dim);  // a multiple of 16 floats: every thread's part stays aligned
+    const int64_t per_thread = scratch_floats(dim, keys);  // a multiple of 16 floats: every thread's part stays aligned
     float* scratch = static_cast<float*>(aligned_alloc(64, sizeof(float) * per_thread * threads));
     if (scratch == nullptr) return -1;
 #pragma omp parallel num_threads(threads)
