@@ -1,5 +1,5 @@
 // 3x3 convolution, stride 1, padding 1, float32, NCHW, for x86-64 CPUs with AVX-512F: Winograd's F(2x2, 3x3)
-// (Lavin & Gray 2016, "Fast algorithms for convolutional neural networks"; see cpu_kernels.py for why).
+// (Lavin & Gray 2016, "Fast algorithms for convolutional neural networks"; see kernels.py for why).
 //
 // Each 2x2 block of outputs (a "tile") is  A^T [ sum_c (G g G^T) * (B^T d B) ] A  with g the 3x3 kernel of one
 // input/output channel pair, d the 4x4 input patch around the tile and * elementwise: 16 multiplications per
@@ -31,11 +31,15 @@ struct Problem {
     float* out;
     int64_t batch, C, H, W, O;
     int64_t tile_rows, tile_cols, segments;  // segments: 16-tile vectors per tile row
+    int64_t u_plane, v_plane;                // floats from one (a, b) component of U, V to the next
 };
 
+// The (a, b) components of U and V lie a padded plane apart: at the layers' power-of-two-rich plane sizes, the
+// 16 components of one element would otherwise fall into one cache set and evict one another as they are written.
+constexpr int64_t PLANE_PAD = 16;
+
 // U[a][b][o][c] = (G g G^T)[a][b], G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-void transform_weights(const float* w, int64_t O, int64_t C, int64_t o, float* U) {
-    const int64_t plane = O * C;
+void transform_weights(const float* w, int64_t O, int64_t C, int64_t o, int64_t plane, float* U) {
     for (int64_t c = 0; c < C; ++c) {
         const float* g = w + (o * C + c) * 9;
         float t[4][3];  // G g
@@ -85,7 +89,7 @@ inline void patch_columns(const float* row, int64_t W, const Slot& slot, __m512 
 
 // V[ab][c][tiles] = (B^T d B)[a][b] for every channel, B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
 void transform_inputs(const Problem& p, int64_t image, const Slot* slots, float* V) {
-    const int64_t plane = p.C * TILES;
+    const int64_t plane = p.v_plane;
     for (int64_t c = 0; c < p.C; ++c) {
         const float* channel = p.x + (image * p.C + c) * p.H * p.W;
         for (int s = 0; s < SLOTS; ++s) {
@@ -168,8 +172,8 @@ void run_unit(const Problem& p, int64_t unit, float* V, float* Y) {
     memset(Y, 0, sizeof(float) * p.O * 4 * TILES);
     for (int a = 0; a < 4; ++a)
         for (int b = 0; b < 4; ++b) {
-            const float* U = p.U + (4 * a + b) * p.O * p.C;
-            const float* Vab = V + (4 * a + b) * p.C * TILES;
+            const float* U = p.U + (4 * a + b) * p.u_plane;
+            const float* Vab = V + (4 * a + b) * p.v_plane;
             int64_t o = 0;
             for (; o + OUT_TILE <= p.O; o += OUT_TILE)
                 product_tile<OUT_TILE>(U + o * p.C, p.C, Vab, a, b, Y + o * 4 * TILES);
@@ -204,12 +208,13 @@ void run_unit(const Problem& p, int64_t unit, float* V, float* Y) {
 extern "C" int controlnet_winograd_conv3x3_f32(const float* x, const float* w, const float* bias, float* out,
                                                int64_t batch, int64_t C, int64_t H, int64_t W, int64_t O,
                                                int threads) {
-    Problem p{x, nullptr, bias, out, batch, C, H, W, O, H / 2, W / 2, (W / 2 + LANES - 1) / LANES};
+    Problem p{x, nullptr, bias, out, batch, C, H, W, O, H / 2, W / 2, (W / 2 + LANES - 1) / LANES,
+              O * C + PLANE_PAD, C * TILES + PLANE_PAD};
     const int64_t units = batch * ((p.tile_rows * p.segments + SLOTS - 1) / SLOTS);
     if (threads > units) threads = (int)units;
     if (threads < 1) threads = 1;
-    const int64_t per_thread = 16 * C * TILES + O * 4 * TILES;  // V, then Y: multiples of 16 floats
-    float* U = static_cast<float*>(aligned_alloc(64, sizeof(float) * 16 * O * C + 64));
+    const int64_t per_thread = 16 * p.v_plane + O * 4 * TILES;  // V, then Y: multiples of 16 floats
+    float* U = static_cast<float*>(aligned_alloc(64, sizeof(float) * 16 * p.u_plane + 64));
     float* scratch = static_cast<float*>(aligned_alloc(64, sizeof(float) * per_thread * threads));
     if (U == nullptr || scratch == nullptr) {
         free(U);
@@ -220,10 +225,10 @@ extern "C" int controlnet_winograd_conv3x3_f32(const float* x, const float* w, c
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t o = 0; o < O; ++o) transform_weights(w, O, C, o, U);
+        for (int64_t o = 0; o < O; ++o) transform_weights(w, O, C, o, p.u_plane, U);
         float* V = scratch + per_thread * omp_get_thread_num();
 #pragma omp for schedule(static)
-        for (int64_t unit = 0; unit < units; ++unit) run_unit(p, unit, V, V + 16 * C * TILES);
+        for (int64_t unit = 0; unit < units; ++unit) run_unit(p, unit, V, V + 16 * p.v_plane);
     }
     free(U);
     free(scratch);

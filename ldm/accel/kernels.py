@@ -37,9 +37,10 @@ COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mfma", "-fopenmp", "-shared
 MIN_QUERIES = 128
 # Winograd pays from 32x32 images (1.3-1.6x oneDNN there, 1.7-2x at 64x64; 0.65x at 16x16) ...
 WINOGRAD_MIN_PIXELS = 32 * 32
-# Its transformed weights (16 / 9 of the weight) are made at each call, for at most this many channel pairs at
-# a time (32 MiB, glibc's largest reusable block): larger weights run in output-channel slices.
-WINOGRAD_SLICE_WEIGHTS = 2**19  # in_channels * out_channels
+# Its transformed weights (16 / 9 of the weight, in 16 planes padded by 16 floats each) are made at each call, for
+# at most this many channel pairs at a time (under 32 MiB, glibc's largest reusable block): larger weights run in
+# output-channel slices.
+WINOGRAD_SLICE_WEIGHTS = 2**19 - 64  # in_channels * out_channels
 
 log = logging.getLogger(__name__)
 
