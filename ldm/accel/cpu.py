@@ -13,9 +13,9 @@ Routes, per machine (``plan_for``):
     each upsampler's convolution, which runs on the upsampled image.
   Measured per route against torch's operators (bench/bench_routes.py) on the AMD Zen 4 they were tuned on
   (attention 1.15-1.35x, Winograd 1.3-2.0x torch's speed) and on an Intel Xeon with AVX-512 and AMX (attention
-  1.2-1.6x since its keys and values are packed per head, Winograd 1.2-1.6x, 2 threads): both routes win on both
-  CPUs, so both are kept (the packing was measured on the Xeon only). Whole 512 px step on the Xeon: 0.79-0.84x
-  the plain core's time (docs/performance.md).
+  1.2-1.6x since its keys and values are packed per head, Winograd 1.6-1.7x since its planes are padded, 2
+  threads): both routes win on both CPUs, so both are kept (the packing and padding were measured on the Xeon
+  only). Whole 512 px step on the Xeon: 0.79-0.84x the plain core's time (docs/performance.md).
 * bfloat16 / float16 on CPU: torch's oneDNN kernels use AMX / AVX-512-BF16 where the CPU has them. The backend
   stores the convolution weights channels-last, so oneDNN's reduced-precision convolutions run on NHWC
   activations without re-laying out every input and output: 0.87-0.89x the plain core's step on the Intel Xeon
