@@ -180,6 +180,7 @@ def accelerate_for_inference(model: nn.Module, use_kernels: Optional[bool] = Non
     if CHANNELS_LAST in plan.routes:
         plan.routes[CHANNELS_LAST] = sum(isinstance(m, nn.Conv2d) for m in model.modules())
         model.to(memory_format=torch.channels_last)
+        release_free_memory()  # the weights' old copies, which glibc would otherwise keep mapped
     if plan.routes:
         for module in list(model.modules()):
             for child_name, child in list(module.named_children()):
