@@ -59,7 +59,9 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias, stride: int) -> torch.T
     out_h, out_w = (h - 1) // stride + 1, (w - 1) // stride + 1
     if _layout(x, weight) == "nchw":
         cols = F.unfold(x, 3, padding=1, stride=stride)  # (n, c*9, pixels), rows ordered as the OIHW weight
-        out = torch.matmul(weight.view(out_channels, c * 9), cols)
+        # bmm, not matmul: inside the UNet's step, matmul folded some of these into one product over a transposed
+        # copy of the columns (1.3-4 % of a 512 px float32 step, interleaved A/B on the Intel Xeon)
+        out = torch.bmm(weight.view(out_channels, c * 9).expand(n, -1, -1), cols)
         if bias is not None:
             out += bias[:, None]
         return out.view(n, out_channels, out_h, out_w)
