@@ -44,9 +44,10 @@ inline __m512 exp2_ps(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// S[r][:] = sum_d k[r][d] * Qt[d][:] for R consecutive keys; their maximum joins `maximum`, lane by lane.
+// S[r][:] = sum_d k[r][d] * Qt[d][:] for R consecutive packed keys (rows of D); their maximum joins `maximum`,
+// lane by lane.
 template <int R>
-inline void score_tile(const float* k, int64_t k_row, const float* Qt, int D, float* S, __m512* maximum) {
+inline void score_tile(const float* k, const float* Qt, int D, float* S, __m512* maximum) {
     __m512 acc[R][QUERY_VECTORS];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -54,7 +55,7 @@ inline void score_tile(const float* k, int64_t k_row, const float* Qt, int D, fl
         __m512 qd[QUERY_VECTORS];
         for (int c = 0; c < QUERY_VECTORS; ++c) qd[c] = _mm512_load_ps(Qt + d * QUERY_BLOCK + 16 * c);
         for (int r = 0; r < R; ++r) {
-            const __m512 kr = _mm512_set1_ps(k[r * k_row + d]);
+            const __m512 kr = _mm512_set1_ps(k[r * D + d]);
             for (int c = 0; c < QUERY_VECTORS; ++c) acc[r][c] = _mm512_fmadd_ps(kr, qd[c], acc[r][c]);
         }
     }
@@ -89,9 +90,9 @@ inline void output_tile(const float* v, int64_t v_row, const float* P, int keys,
 
 // The last, narrower tiles: dispatch a run-time count below the full tile to its compiled size.
 template <int R>
-inline void score_tile_n(int n, const float* k, int64_t k_row, const float* Qt, int D, float* S, __m512* maximum) {
-    if (n == R) score_tile<R>(k, k_row, Qt, D, S, maximum);
-    else if constexpr (R > 1) score_tile_n<R - 1>(n, k, k_row, Qt, D, S, maximum);
+inline void score_tile_n(int n, const float* k, const float* Qt, int D, float* S, __m512* maximum) {
+    if (n == R) score_tile<R>(k, Qt, D, S, maximum);
+    else if constexpr (R > 1) score_tile_n<R - 1>(n, k, Qt, D, S, maximum);
 }
 
 template <int R>
@@ -167,9 +168,8 @@ void run_units(const Work* arg) {
             for (int c = 0; c < QUERY_VECTORS; ++c) block_max[c] = running_max[c];
             int j = 0;
             for (; j + SCORE_KEYS <= nk; j += SCORE_KEYS)
-                score_tile<SCORE_KEYS>(kb + j * D, D, Qt, D, S + j * QUERY_BLOCK, block_max);
-            if (j < nk)
-                score_tile_n<SCORE_KEYS - 1>(nk - j, kb + j * D, D, Qt, D, S + j * QUERY_BLOCK, block_max);
+                score_tile<SCORE_KEYS>(kb + j * D, Qt, D, S + j * QUERY_BLOCK, block_max);
+            if (j < nk) score_tile_n<SCORE_KEYS - 1>(nk - j, kb + j * D, Qt, D, S + j * QUERY_BLOCK, block_max);
 
             for (int c = 0; c < QUERY_VECTORS; ++c) {
                 alpha[c] = exp2_ps(_mm512_sub_ps(running_max[c], block_max[c]));  // rescales what came before
